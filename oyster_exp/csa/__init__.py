@@ -1,0 +1,1 @@
+"""The Constructive Safety Alignment method: taxonomy, risk assessment, safety chains, players, Lingo-BP."""

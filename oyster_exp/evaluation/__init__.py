@@ -1,0 +1,1 @@
+"""Evaluation: construction score, benchmark loaders, jailbreak ASR."""

@@ -1,0 +1,1 @@
+"""LLM backends behind one interface (`LLMClient`), plus the call cache and the role service."""

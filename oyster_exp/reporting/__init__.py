@@ -1,0 +1,1 @@
+"""Reports, plots and the paper's published numbers."""

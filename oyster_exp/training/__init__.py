@@ -1,0 +1,1 @@
+"""Preference training (ORPO, SFT) as a Lightning module."""
