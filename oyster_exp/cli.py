@@ -1,0 +1,196 @@
+"""`oyster-exp`: the Hydra entry point. Thin: validate, print the config, run the stage graph.
+
+Config errors (wrong type, out-of-range value, unknown option) are caught before any model
+loads and reported as one line with exit code 2, no traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from oyster_exp.env import apply_offline_defaults
+
+apply_offline_defaults()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from oyster_exp.config_errors import one_line  # noqa: E402
+from oyster_exp.schema import ConfigError, register_configs, validate_config  # noqa: E402
+
+log = logging.getLogger("oyster_exp")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_CONFIG = 2
+
+
+def project_root() -> str:
+    return str(CONF_DIR.parent)
+
+
+def register_resolvers() -> None:
+    from oyster_exp.env import wandb_offline
+
+    if not OmegaConf.has_resolver("oyster.root"):
+        OmegaConf.register_new_resolver("oyster.root", project_root)
+        OmegaConf.register_new_resolver("oyster.wandb_offline", wandb_offline)
+
+
+register_configs()
+register_resolvers()
+
+
+def config_fail(message: str) -> None:
+    print(f"oyster-exp: config error: {message}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
+
+
+_PASSTHROUGH_FLAGS = {"-m", "--multirun"}
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose (and validate) every job's config before Hydra starts, so errors are one line."""
+    if any(a.startswith("-") and a not in _PASSTHROUGH_FLAGS for a in argv):
+        return  # --help, --cfg, -cn ...: Hydra's own handling
+    overrides = [a for a in argv if a not in _PASSTHROUGH_FLAGS]
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # noqa: BLE001
+        config_fail(one_line(e))
+    combos: list[list[str]] = []
+    base: list[str] = []
+    sweeps: list[tuple[int, list[str]]] = []
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # noqa: BLE001 - interval() etc.: left to the sweeper
+                values = []
+            if not values:
+                base.append("")
+                continue
+            prefix = o.get_key_element() + "="
+            base.append(prefix + values[0])
+            sweeps.append((i, [prefix + v for v in values]))
+        else:
+            base.append(o.input_line)
+    combos.append(base)
+    for i, options in sweeps:
+        for opt in options[1:]:
+            combo = list(base)
+            combo[i] = opt
+            combos.append(combo)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="oyster-exp"):
+        for combo in combos:
+            try:
+                cfg = compose(config_name="config", overrides=[c for c in combo if c])
+                validate_config(cfg, resolve=False)
+            except ConfigError as e:
+                config_fail(str(e))
+            except Exception as e:  # noqa: BLE001 - any composition error is a config error here
+                config_fail(one_line(e))
+
+
+def print_config_tree(cfg: DictConfig, path: Path, show: bool) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    from oyster_exp.secrets import strip_secrets
+
+    tree = Tree("config", guide_style="dim")
+    data = strip_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    for key, value in data.items():
+        branch = tree.add(f"[bold]{key}")
+        text = OmegaConf.to_yaml(value) if isinstance(value, (dict, list)) else str(value)
+        branch.add(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    if show:
+        Console().print(tree)
+    with open(path, "w") as fh:
+        Console(file=fh, width=120, color_system=None).print(tree)
+
+
+def build_loggers(cfg: DictConfig) -> list[object]:
+    from hydra.utils import instantiate
+
+    from oyster_exp.secrets import strip_secrets
+
+    loggers = []
+    for name, node in (cfg.logger or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        lg = instantiate(node)
+        loggers.append(lg)
+    hparams = strip_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+    return loggers
+
+
+def finish_loggers(loggers: list[object], ok: bool) -> None:
+    for lg in loggers:
+        try:
+            lg.finalize("success" if ok else "failed")  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=0 if ok else 1)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def run(cfg: DictConfig) -> None:
+    from oyster_exp.llm.factory import clear_local_clients
+    from oyster_exp.manifest import write_manifest
+    from oyster_exp.pipeline import RunContext, StageError, run_pipeline
+    from oyster_exp.stages import default_stages
+
+    started = time.time()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    print_config_tree(cfg, run_dir / "config_tree.txt", bool(cfg.print_config))
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, cache_root=Path(str(cfg.paths.cache_dir)))
+    status = "failed"
+    try:
+        ctx.loggers = build_loggers(cfg)
+        run_pipeline(ctx, default_stages())
+        status = "completed"
+        log.info("run complete: %s", run_dir)
+    except StageError as e:
+        status = f"failed: {e}"
+        log.error("%s", e)
+        raise SystemExit(1) from None
+    except BaseException as e:
+        status = f"failed: {type(e).__name__}: {e}"
+        raise
+    finally:
+        write_manifest(ctx, status, started)
+        finish_loggers(ctx.loggers, status == "completed")
+        clear_local_clients()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _app(cfg: DictConfig) -> None:
+    try:
+        validate_config(cfg, resolve=True)
+    except ConfigError as e:
+        config_fail(str(e))
+    except Exception as e:  # noqa: BLE001 - e.g. an interpolation that cannot resolve
+        config_fail(one_line(e))
+    run(cfg)
+
+
+def main() -> None:
+    precheck(sys.argv[1:])
+    _app()
+
+
+if __name__ == "__main__":
+    main()

