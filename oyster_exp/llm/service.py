@@ -91,7 +91,7 @@ class LLMService:
         misses: list[int] = []
         keys = [r.cache_key(client.backend, client.model_id) for r in requests]
         for i, key in enumerate(keys):
-            hit = self.cache.get(key) if self.cache else None
+            hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 out[i] = hit
                 self.usage.add(self.stage, role, "cache_hits")
@@ -109,7 +109,7 @@ class LLMService:
                 if isinstance(reply, ChatResponse):
                     self.usage.add(self.stage, role, "prompt_tokens", reply.usage.prompt_tokens)
                     self.usage.add(self.stage, role, "completion_tokens", reply.usage.completion_tokens)
-                    if self.cache:
+                    if self.cache is not None:
                         self.cache.put(keys[i], reply)
         return out  # type: ignore[return-value]
 
