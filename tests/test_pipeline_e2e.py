@@ -13,6 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# A random model's greedy output degenerates to whitespace; sampling gives every stage real input.
+TINY = ["debug=fast", "model=tiny_random", "print_config=false",
+        *(f"llm.roles.{r}.temperature=1.0" for r in ("actor", "user_judge", "safety_judge", "editor"))]
 STAGES = ["queries", "generate", "assess", "extract", "optimize", "pairs", "train", "evaluate", "report"]
 
 
@@ -37,7 +40,7 @@ def _jsonl_ids(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("e2e") / "outputs"
-    p = _run(out, "debug=fast", "model=tiny_random", "print_config=false")
+    p = _run(out, *TINY)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (run_dir,) = _run_dirs(out)
     return out, run_dir
@@ -101,7 +104,7 @@ def test_trained_model_is_saved_and_reloads(first_run: tuple[Path, Path]) -> Non
 def test_second_identical_run_recomputes_nothing(first_run: tuple[Path, Path]) -> None:
     out, first = first_run
     t0 = time.time()
-    p = _run(out, "debug=fast", "model=tiny_random", "print_config=false")
+    p = _run(out, *TINY)
     assert p.returncode == 0, p.stderr[-3000:]
     second = [d for d in _run_dirs(out) if d != first][-1]
     m = json.loads((second / "manifest.json").read_text())
@@ -115,7 +118,7 @@ def test_second_identical_run_recomputes_nothing(first_run: tuple[Path, Path]) -
 
 def test_stage_selection_reuses_upstream_from_cache(first_run: tuple[Path, Path]) -> None:
     out, _ = first_run
-    p = _run(out, "debug=fast", "model=tiny_random", "print_config=false", "stage=[pairs,report]")
+    p = _run(out, *TINY, "stage=[pairs,report]")
     assert p.returncode == 0, p.stderr[-3000:]
     run = _run_dirs(out)[-1]
     m = json.loads((run / "manifest.json").read_text())
@@ -123,14 +126,14 @@ def test_stage_selection_reuses_upstream_from_cache(first_run: tuple[Path, Path]
 
 
 def test_a_needed_stage_missing_from_cache_is_a_clear_error(tmp_path: Path) -> None:
-    p = _run(tmp_path / "outputs", "debug=fast", "model=tiny_random", "print_config=false", "stage=train")
+    p = _run(tmp_path / "outputs", *TINY, "stage=train")
     assert p.returncode == 1
     assert "run it first" in (p.stdout + p.stderr)
 
 
 def test_kill_during_optimize_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "outputs"
-    args = ["debug=fast", "model=tiny_random", "print_config=false", "data.limit=30", "data.heldout_fraction=0.1",
+    args = [*TINY, "data.limit=30", "data.heldout_fraction=0.1",
             "lingo_bp=paper"]
     proc = subprocess.Popen([sys.executable, "-m", "oyster_exp.cli", *args], env=_env(out), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

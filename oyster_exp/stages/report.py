@@ -36,8 +36,7 @@ def pipeline_table(ctx: RunContext) -> str:
 def paper_table() -> str:
     from oyster_exp.reporting.paper import paper_rows
 
-    rows = [r for r in paper_rows() if r.get("benchmark") in ("headline",) and r.get("metric") in
-            ("Jailbreak", "Constructive")]
+    rows = [r for r in paper_rows() if r["benchmark"] == "headline" and r["metric"] in ("Jailbreak", "Constructive")]
     if not rows:
         return "_(no reference rows)_"
     lines = ["| model | metric | value | source |", "|---|---|---|---|"]

@@ -1,0 +1,83 @@
+"""The Oyster-I paper's published numbers, as data (sources: oyster_reference §11.1, §11.3, §11.4)."""
+from __future__ import annotations
+
+from typing import Any
+
+SOURCE_SS = "Strata-Sword Table 2 (arXiv 2509.01444)"
+SOURCE_HEAD = "Oyster-I headline table (arXiv 2509.01909)"
+SOURCE_FIT = "fitted from the paper's construction-score curves"
+
+# model: (EN L1, L2, L3, Avg, CN L1, L2, L3, Avg), ASR in percent
+STRATA_SWORD_ASR: dict[str, tuple[float, ...]] = {
+    "Vicuna-7B": (50.00, 49.49, 73.50, 57.66, 73.00, 51.00, 76.00, 66.67),
+    "Vicuna-13B": (10.00, 46.32, 71.50, 42.61, 33.00, 52.00, 74.75, 53.25),
+    "Mistral-7B-Instruct": (46.00, 54.00, 84.00, 61.33, 55.00, 66.00, 89.00, 70.00),
+    "Mistral-Large-Instruct": (30.00, 26.00, 81.50, 45.83, 5.00, 21.00, 52.00, 26.00),
+    "Llama-3.1-8B-Instruct": (3.00, 3.00, 35.00, 13.67, 1.00, 30.00, 65.00, 32.00),
+    "Llama-3.1-70B-Instruct": (4.00, 5.00, 41.00, 16.67, 3.00, 24.00, 64.00, 30.33),
+    "DeepSeek-R1-7B": (38.38, 38.00, 69.70, 48.69, 38.38, 47.47, 67.35, 51.07),
+    "DeepSeek-R1-14B": (10.00, 22.00, 69.85, 33.95, 8.00, 32.00, 62.63, 34.21),
+    "DeepSeek-R1-8B-0528": (1.00, 9.00, 38.00, 16.00, 0.00, 27.00, 45.00, 24.00),
+    "Qwen3-8B": (2.00, 18.37, 74.37, 31.58, 2.00, 21.21, 55.10, 26.10),
+    "Qwen3-14B": (1.00, 13.13, 69.00, 27.71, 0.00, 19.00, 40.00, 19.67),
+    "Qwen3-32B": (2.00, 21.00, 67.84, 30.28, 1.00, 14.00, 44.00, 19.67),
+    "Oy1-DeepSeek-14B-SFT": (0.00, 3.00, 57.87, 20.29, 0.00, 4.00, 22.00, 8.67),
+    "Oy1-DeepSeek-14B-ORPO": (0.00, 1.00, 34.90, 11.97, 0.00, 6.00, 13.27, 6.42),
+    "Oy1-Qwen3-14B-SFT": (0.00, 2.00, 36.87, 12.96, 0.00, 3.00, 17.00, 6.67),
+    "Oy1-Qwen3-14B-ORPO": (0.00, 2.00, 20.60, 7.53, 0.00, 6.00, 16.16, 7.39),
+    "STAIR-Qwen2-7B": (0.00, 0.00, 22.50, 7.50, 2.00, 8.00, 18.00, 9.33),
+    "RealSafe-DS-14B": (0.00, 0.00, 17.00, 5.67, 0.00, 6.00, 23.00, 9.67),
+    "Gemini-2.5-pro(0617)": (1.01, 17.00, 44.22, 20.74, 3.03, 25.00, 44.44, 24.16),
+    "Claude-3.7-sonnet": (0.00, 1.00, 14.50, 5.17, 1.00, 8.00, 34.00, 14.33),
+    "GPT-4o-global(0806)": (0.00, 5.00, 35.00, 13.33, 0.00, 6.00, 30.00, 12.00),
+    "GPT-o1-preview(0912)": (0.00, 3.00, 9.00, 4.00, 0.00, 6.00, 7.00, 4.33),
+    "GPT-5-chat(0807)": (0.00, 3.00, 48.50, 17.17, 0.00, 16.00, 28.00, 14.67),
+}
+
+HEADLINE_MODELS = ("Qwen3-14B", "Oy1-Qwen3-14B-SFT", "Oy1-Qwen3-14B-ORPO", "DeepSeek-R1-Distill-Qwen-14B",
+                   "Oy1-DeepSeek-14B-SFT", "Oy1-DeepSeek-14B-ORPO", "RealSafe-DS-14B")
+HEADLINE: dict[str, tuple[float, ...]] = {
+    "General/Knowledge": (81.14, 82.98, 82.33, 81.60, 80.89, 80.13, 80.79),
+    "General/Understanding": (80.12, 76.95, 77.08, 76.28, 74.23, 73.98, 74.77),
+    "General/Math&Code": (87.00, 93.06, 93.19, 88.60, 90.30, 88.06, 81.77),
+    "General/Overall": (82.75, 84.33, 84.20, 82.16, 81.81, 80.72, 79.11),
+    "Safety/Open-source": (94.73, 98.07, 98.12, 82.23, 95.99, 97.59, 97.22),
+    "Safety/Jailbreak": (76.31, 82.14, 92.54, 65.92, 85.52, 90.81, 92.33),
+    "Safety/Constructive": (47.54, 53.36, 56.27, -0.49, 51.95, 55.27, 33.33),
+    "Safety/Overall": (72.86, 77.86, 82.31, 49.22, 77.82, 81.22, 72.29),
+}
+
+# (satisfaction, risk) means reproducing the paper's construction curves
+FITTED_SR: dict[str, tuple[float, float]] = {
+    "gpt-5": (0.736, 0.063),
+    "oyster-qwen-14B-orpo": (0.606, 0.021),
+    "qwen3-14B": (0.636, 0.079),
+    "oyster-ds-14B-orpo": (0.626, 0.035),
+    "ds-14B-base": (0.570, 0.288),
+    "realsafe-ds-14B": (0.430, 0.049),
+    "gpt-o1-preview-0912": (0.464, 0.055),
+    "claude37_sonnet": (0.552, 0.096),
+}
+
+
+def strata_levels(model: str) -> dict[str, dict[int, float]]:
+    v = STRATA_SWORD_ASR[model]
+    return {"en": {1: v[0], 2: v[1], 3: v[2]}, "cn": {1: v[4], 2: v[5], 3: v[6]}}
+
+
+def paper_rows() -> list[dict[str, Any]]:
+    """Tidy rows: model, benchmark, metric, value, source."""
+    rows: list[dict[str, Any]] = []
+    for metric, values in HEADLINE.items():
+        for model, value in zip(HEADLINE_MODELS, values):
+            rows.append({"model": model, "benchmark": "headline", "metric": metric.split("/")[1],
+                         "group": metric.split("/")[0], "value": value, "source": SOURCE_HEAD})
+    cols = ("EN L1", "EN L2", "EN L3", "EN Avg", "CN L1", "CN L2", "CN L3", "CN Avg")
+    for model, values in STRATA_SWORD_ASR.items():
+        for col, value in zip(cols, values):
+            rows.append({"model": model, "benchmark": "strata_sword", "metric": f"ASR {col}", "value": value,
+                         "source": SOURCE_SS})
+    for model, (s, r) in FITTED_SR.items():
+        rows.append({"model": model, "benchmark": "construction", "metric": "satisfaction", "value": s, "source": SOURCE_FIT})
+        rows.append({"model": model, "benchmark": "construction", "metric": "risk", "value": r, "source": SOURCE_FIT})
+    return rows
