@@ -160,3 +160,12 @@ def test_kill_during_optimize_then_resume_loses_and_duplicates_nothing(tmp_path:
     assert ids[: len(before)] == before, "finished records were recomputed"
     m = json.loads((run / "manifest.json").read_text())
     assert m["counters"]["stage_cache"]["optimize"] == "resumed"
+
+
+def test_a_bad_query_file_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "queries.jsonl"
+    bad.write_text('{"id": "a", "query": "hello"}\n{"id": "b", "query": "hi", "language": "de"}\n')
+    p = _run(tmp_path / "outputs", *TINY, "data=file", f"data.path={bad}")
+    assert p.returncode == 1
+    assert "queries.jsonl:2" in p.stdout + p.stderr and "language" in p.stdout + p.stderr
+    assert "Traceback" not in p.stdout + p.stderr

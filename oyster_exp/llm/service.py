@@ -113,7 +113,9 @@ class LLMService:
                         self.cache.put(keys[i], reply)
         return out  # type: ignore[return-value]
 
-    def text(self, role: str, conversations: list[list[ChatMessage]], max_tokens: int | None = None) -> list[Outcome[Any]]:
+    def _attempts(self, role: str, conversations: list[list[ChatMessage]], schema: type[BaseModel] | None,
+                  parse: Any, max_tokens: int | None = None) -> list[Outcome[Any]]:
+        """Ask, check each reply with `parse` (returns an Outcome or a failure reason), re-ask the rest."""
         results: list[Outcome[Any]] = [Outcome() for _ in conversations]
         pending = list(range(len(conversations)))
         for attempt in range(self.max_retries + 1):
@@ -121,49 +123,14 @@ class LLMService:
                 break
             if attempt:
                 self.usage.add(self.stage, role, "retries", len(pending))
-            reqs = [self._request(role, conversations[i], None, attempt, max_tokens) for i in pending]
+            reqs = [self._request(role, conversations[i], schema, attempt, max_tokens) for i in pending]
             still = []
             for i, reply in zip(pending, self._complete(role, reqs)):
-                if isinstance(reply, str):
-                    results[i].failure = reply
+                out = Outcome(failure=reply) if isinstance(reply, str) else parse(reply)
+                results[i] = out
+                if out.failure is not None:
                     still.append(i)
-                elif not reply.content.strip():
-                    results[i].failure = "empty reply"
-                    still.append(i)
-                else:
-                    results[i] = Outcome(text=reply.content.strip(), reasoning=reply.reasoning)
-            pending = still
-        for i in pending:
-            self.usage.add(self.stage, role, "failures")
-        return results
-
-    def structured(self, role: str, conversations: list[list[ChatMessage]], schema: type[T]) -> list[Outcome[T]]:
-        results: list[Outcome[T]] = [Outcome() for _ in conversations]
-        pending = list(range(len(conversations)))
-        self.usage.add(self.stage, role, "structured_requests", len(conversations))
-        for attempt in range(self.max_retries + 1):
-            if not pending:
-                break
-            if attempt:
-                self.usage.add(self.stage, role, "retries", len(pending))
-            reqs = [self._request(role, conversations[i], schema, attempt, None) for i in pending]
-            still = []
-            for i, reply in zip(pending, self._complete(role, reqs)):
-                if isinstance(reply, str):
-                    results[i].failure = reply
-                    still.append(i)
-                    continue
-                try:
-                    value = schema.model_validate_json(reply.content)
-                except ValidationError as e:
-                    first = e.errors()[0]
-                    loc = ".".join(str(x) for x in first["loc"]) or "<root>"
-                    results[i].failure = f"invalid {schema.__name__} reply at {loc}: {first['msg']}"
-                    results[i].text = reply.content
-                    still.append(i)
-                    continue
-                results[i] = Outcome(value=value, text=reply.content, reasoning=reply.reasoning)
-                if attempt == 0:
+                elif attempt == 0 and schema is not None:
                     self.usage.add(self.stage, role, "structured_valid")
             pending = still
         for i in pending:
@@ -171,3 +138,25 @@ class LLMService:
             log.warning("%s/%s: gave up after %d attempts: %s", self.stage, role, self.max_retries + 1,
                         results[i].failure)
         return results
+
+    def text(self, role: str, conversations: list[list[ChatMessage]], max_tokens: int | None = None) -> list[Outcome[Any]]:
+        def parse(reply: ChatResponse) -> Outcome[Any]:
+            if not reply.content.strip():
+                return Outcome(failure="empty reply")
+            return Outcome(text=reply.content.strip(), reasoning=reply.reasoning)
+
+        return self._attempts(role, conversations, None, parse, max_tokens)
+
+    def structured(self, role: str, conversations: list[list[ChatMessage]], schema: type[T]) -> list[Outcome[T]]:
+        self.usage.add(self.stage, role, "structured_requests", len(conversations))
+
+        def parse(reply: ChatResponse) -> Outcome[T]:
+            try:
+                value = schema.model_validate_json(reply.content)
+            except ValidationError as e:
+                first = e.errors()[0]
+                loc = ".".join(str(x) for x in first["loc"]) or "<root>"
+                return Outcome(text=reply.content, failure=f"invalid {schema.__name__} reply at {loc}: {first['msg']}")
+            return Outcome(value=value, text=reply.content, reasoning=reply.reasoning)
+
+        return self._attempts(role, conversations, schema, parse)

@@ -69,10 +69,13 @@ class EvaluateStage(Stage):
         if ev.strata_sword.enabled:
             from oyster_exp.evaluation.strata_sword import load_strata_sword
 
-            strata = load_strata_sword(Path(str(ev.strata_sword.path)).expanduser(),
-                                       languages=tuple(ev.strata_sword.languages),
-                                       levels=tuple(int(x) for x in ev.strata_sword.levels),
-                                       limit=ev.strata_sword.limit)
+            try:
+                strata = load_strata_sword(Path(str(ev.strata_sword.path)).expanduser(),
+                                           languages=tuple(ev.strata_sword.languages),
+                                           levels=tuple(int(x) for x in ev.strata_sword.levels),
+                                           limit=ev.strata_sword.limit)
+            except ValueError as e:
+                raise StageError(f"eval.strata_sword: {e}") from None
         for model_name, (path, model_id) in self._subjects(ctx, inputs["train"]).items():
             client = local_client({"source": "local_path", "path": str(path), "model_id": model_id,
                                    "dtype": str(cfg.model.dtype)})

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from oyster_exp.artifacts import CacheEntry, Journal, file_hash
-from oyster_exp.pipeline import RunContext, Stage
+from oyster_exp.pipeline import RunContext, Stage, StageError
 from oyster_exp.records import QueryRecord
 
 
@@ -28,13 +28,19 @@ class QueriesStage(Stage):
     config_keys = ("data", "seed")
 
     def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
-        return {"queries_file": file_hash(_source_path(ctx))}
+        path = _source_path(ctx)
+        if not path.exists():
+            raise StageError(f"data.path: {path} not found")
+        return {"queries_file": file_hash(path)}
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         from oyster_exp.csa.seed import load_query_file
 
         data = ctx.cfg.data
-        rows = load_query_file(_source_path(ctx))
+        try:
+            rows = load_query_file(_source_path(ctx))
+        except ValueError as e:  # names the file, line and field: report it, without a traceback
+            raise StageError(f"data: {e}") from None
         rows = [r for r in rows if r["language"] in set(data.languages)]
         if data.limit:
             rows = rows[: int(data.limit)]
