@@ -60,8 +60,11 @@ class LLMClient(Protocol):
     backend: str
     model_id: str
 
-    def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
-        """Answer several requests; backends that can batch (local) generate them together."""
+    def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResponse | str]:
+        """Answer several requests in order; a request that failed for good is its reason (a string).
+
+        Backends that can batch (local) generate them together; remote ones run them concurrently.
+        """
         ...
 
 

@@ -30,3 +30,17 @@ def local_client(model: Any, max_batch_size: int = 8) -> Any:
 def clear_local_clients() -> None:
     """Free in-process models (between sweep jobs, or before training needs the memory)."""
     _LOCAL.clear()
+
+
+def openai_client(base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", json_schema: bool = True,
+                  thinking_param: str | None = "chat_template_kwargs", concurrency: int = 16,
+                  requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
+                  max_attempts: int = 5, timeout_s: float = 120.0, progress: bool = False) -> Any:
+    from oyster_exp.llm.engine import CallEngine
+    from oyster_exp.llm.openai_compat import OpenAICompatClient
+
+    engine = CallEngine(concurrency=concurrency, requests_per_minute=requests_per_minute,
+                        tokens_per_minute=tokens_per_minute, max_attempts=max_attempts, timeout_s=timeout_s,
+                        progress=progress)
+    return OpenAICompatClient(base_url, model, api_key_env=api_key_env, json_schema=json_schema,
+                              thinking_param=thinking_param, engine=engine)

@@ -1,0 +1,118 @@
+"""Call-engine throughput: ours (asyncio engine + OpenAI-compatible client) beside a re-creation of
+the reference code's scheduler (one thread per task, a fixed 0.5 s launch interval, at most 100 in
+flight), both against the same loopback server with 200 ms latency.
+
+    .venv/bin/python benchmarks/llm_engine.py            # prints one JSON line last
+
+Each side runs in its own subprocess (its own time and peak memory); runs alternate ours/reference.
+The reference needs 0.5 s per launch whatever the server does, so it gets fewer calls by default
+(--reference-calls); its rate is steady long before that.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+
+def run_ours(url: str, calls: int, concurrency: int) -> dict:
+    from oyster_exp.llm.base import ChatMessage, ChatRequest, ChatResponse
+    from oyster_exp.llm.engine import CallEngine
+    from oyster_exp.llm.openai_compat import OpenAICompatClient
+
+    client = OpenAICompatClient(url, "bench", api_key_env=None,
+                                engine=CallEngine(concurrency=concurrency, max_attempts=3, timeout_s=30))
+    reqs = [ChatRequest(messages=[ChatMessage(role="user", content=f"q{i}")], max_tokens=16) for i in range(calls)]
+    t0 = time.perf_counter()
+    out = client.chat_batch(reqs)
+    dt = time.perf_counter() - t0
+    ok = sum(isinstance(o, ChatResponse) for o in out)
+    return {"calls": calls, "ok": ok, "seconds": dt, "calls_per_s": ok / dt}
+
+
+def run_reference(url: str, calls: int, interval: float = 0.5, pool: int = 100) -> dict:
+    """One daemon thread per task, launched every `interval` seconds, at most `pool` in flight."""
+    done, lock = [0], threading.Lock()
+    in_flight = threading.Semaphore(pool)
+
+    def task(i: int) -> None:
+        try:
+            body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": f"q{i}"}]}).encode()
+            req = urllib.request.Request(f"{url}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                json.loads(r.read())
+            with lock:
+                done[0] += 1
+        finally:
+            in_flight.release()
+
+    threads = []
+    t0 = time.perf_counter()
+    for i in range(calls):
+        in_flight.acquire()
+        th = threading.Thread(target=task, args=(i,), daemon=True)
+        th.start()
+        threads.append(th)
+        time.sleep(interval)
+    for th in threads:
+        th.join()
+    dt = time.perf_counter() - t0
+    return {"calls": calls, "ok": done[0], "seconds": dt, "calls_per_s": done[0] / dt}
+
+
+def _child(side: str, url: str, calls: int, concurrency: int) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--url", url, "--calls", str(calls),
+           "--concurrency", str(concurrency)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--side", choices=["ours", "reference"])
+    ap.add_argument("--url")
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--reference-calls", type=int, default=60)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    if a.side:
+        res = run_ours(a.url, a.calls, a.concurrency) if a.side == "ours" else run_reference(a.url, a.calls)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+    server = subprocess.Popen([sys.executable, "-m", "oyster_exp.llm.loopback", "--latency", str(a.latency)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().strip()  # type: ignore[union-attr]
+        ours, ref = [], []
+        for _ in range(a.repeats):  # alternate the sides
+            ours.append(_child("ours", url, a.calls, a.concurrency))
+            ref.append(_child("reference", url, a.reference_calls, a.concurrency))
+            print(json.dumps({"ours": ours[-1], "reference": ref[-1]}), file=sys.stderr)
+    finally:
+        server.terminate()
+    o = statistics.median(r["calls_per_s"] for r in ours)
+    r = statistics.median(x["calls_per_s"] for x in ref)
+    ideal = a.concurrency / a.latency
+    print(json.dumps({
+        "benchmark": "llm_engine", "calls": a.calls, "reference_calls": a.reference_calls,
+        "concurrency": a.concurrency, "latency_s": a.latency, "repeats": a.repeats,
+        "ours_calls_per_s": round(o, 2), "ideal_calls_per_s": round(ideal, 2),
+        "reference_calls_per_s": round(r, 2), "efficiency": round(o / ideal, 3), "vs_reference": round(o / r, 1),
+        "ours_failures": sum(x["calls"] - x["ok"] for x in ours),
+        "ours_peak_rss_mb": round(max(x["peak_rss_mb"] for x in ours), 1),
+        "reference_peak_rss_mb": round(max(x["peak_rss_mb"] for x in ref), 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The call engine: asyncio with bounded concurrency, token-bucket rate limits, retries with
+exponential backoff and jitter (honouring Retry-After), per-call timeouts, and a progress bar.
+
+A call that still fails after `max_attempts` becomes a failure string with its reason; the engine
+never raises for one bad call, so one provider hiccup cannot lose a batch of finished work.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from oyster_exp.llm.base import ChatResponse, LLMError
+
+
+class RetryableError(LLMError):
+    """Transport failure, timeout, 429 or 5xx: worth another attempt."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FatalError(LLMError):
+    """Bad key, bad request: retrying cannot help."""
+
+
+class TokenBucket:
+    """`rate` units per minute, bursting up to `capacity`; `None` rate means unlimited."""
+
+    def __init__(self, per_minute: float | None, capacity: float | None = None):
+        self.rate = per_minute / 60.0 if per_minute else None
+        self.capacity = capacity or (per_minute or 0)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self, n: float = 1.0) -> None:
+        if self.rate is None:
+            return
+        n = min(n, self.capacity)
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= n:
+                    self.tokens -= n
+                    return
+                await asyncio.sleep((n - self.tokens) / self.rate)
+
+
+@dataclass
+class EngineStats:
+    calls: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CallEngine:
+    concurrency: int = 16
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_attempts: int = 5
+    timeout_s: float = 120.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    progress: bool = False
+    seed: int = 0
+    stats: EngineStats = field(default_factory=EngineStats)
+
+    def _delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        if retry_after is not None:
+            return min(self.backoff_max_s, retry_after) + rng.uniform(0, 0.1)
+        base = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt)
+        return rng.uniform(base / 2, base)  # "equal jitter": spread retries, keep a floor
+
+    async def run(self, calls: list[Callable[[], Awaitable[ChatResponse]]],
+                  estimate_tokens: Callable[[int], int] | None = None) -> list[ChatResponse | str]:
+        sem = asyncio.Semaphore(self.concurrency)
+        rpm, tpm = TokenBucket(self.requests_per_minute), TokenBucket(self.tokens_per_minute)
+        rng = random.Random(self.seed)
+        results: list[ChatResponse | str] = [""] * len(calls)
+        bar = _progress(len(calls)) if self.progress else None
+
+        async def one(i: int) -> None:
+            async with sem:
+                for attempt in range(self.max_attempts):
+                    await rpm.take()
+                    await tpm.take(estimate_tokens(i) if estimate_tokens else 1)
+                    try:
+                        resp = await asyncio.wait_for(calls[i](), timeout=self.timeout_s)
+                    except FatalError as e:
+                        results[i] = f"fatal: {e}"
+                        break
+                    except (RetryableError, asyncio.TimeoutError, OSError) as e:
+                        reason = "timeout" if isinstance(e, asyncio.TimeoutError) else str(e) or type(e).__name__
+                        results[i] = f"after {attempt + 1} attempts: {reason}"
+                        if attempt + 1 < self.max_attempts:
+                            self.stats.retries += 1
+                            await asyncio.sleep(self._delay(attempt, getattr(e, "retry_after", None), rng))
+                        continue
+                    results[i] = resp
+                    self.stats.prompt_tokens += resp.usage.prompt_tokens
+                    self.stats.completion_tokens += resp.usage.completion_tokens
+                    break
+                self.stats.calls += 1
+                if isinstance(results[i], str):
+                    self.stats.failures += 1
+                    key = str(results[i]).split(":")[-1].strip()[:60]
+                    self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(failures=self.stats.failures,
+                                    tok=self.stats.prompt_tokens + self.stats.completion_tokens)
+
+        try:
+            await asyncio.gather(*(one(i) for i in range(len(calls))))
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    def run_sync(self, calls: list[Callable[[], Awaitable[ChatResponse]]]) -> list[ChatResponse | str]:
+        """From synchronous code (the stages): a private event loop per batch."""
+        return asyncio.run(self.run(calls))
+
+
+def _progress(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="call", dynamic_ncols=True, smoothing=0.1)
