@@ -1,4 +1,11 @@
-"""The embedded seed queries and user query files (JSONL), validated line by line."""
+"""The embedded seed queries and user query files (JSONL), validated line by line.
+
+A bad line fails loudly with `<file>:<line>: field '<name>': ...` so that a typo in a user's file is
+found before any LLM call is paid for. The embedded seed set is held to the strict format (exactly the
+seven keys, sequential ids, canonical EN category names); user files only need `id` and `query`, and the
+optional labels are checked when present (a category may be written as any name the taxonomy accepts and
+is stored under its canonical EN name).
+"""
 from __future__ import annotations
 
 import json
@@ -6,54 +13,114 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from oyster_exp.csa.taxonomy import NO_RISK, default_taxonomy
+from oyster_exp.csa.taxonomy import NO_RISK, Taxonomy, UnknownCategoryError, default_taxonomy
 
-REQUIRED = ("id", "query", "language", "risk_level", "category", "persona", "task")
+KEYS = ("id", "query", "language", "risk_level", "category", "persona", "task")
 LANGUAGES = ("en", "cn")
 LEVELS = ("R0", "R1", "R2")
 
 
 def seed_path() -> Path:
+    """Location of the packaged seed set (a real file: the package is installed unzipped)."""
     return Path(str(resources.files("oyster_exp") / "assets" / "seed_queries.jsonl"))
 
 
-def load_query_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of a query JSONL; a bad line raises ValueError naming file, line and field."""
-    path = Path(path)
-    if not path.exists():
+def load_seed_queries() -> list[dict[str, Any]]:
+    """The project's embedded seed queries, checked against the strict seed format."""
+    return _load(seed_path(), default_taxonomy(), seed=True)
+
+
+def load_query_file(path: Path | str, taxonomy: Taxonomy | None = None) -> list[dict[str, Any]]:
+    """Rows of a user query JSONL (same keys as the seed set; only `id` and `query` are required).
+
+    Missing optional keys get defaults (language "en", risk_level/category None, persona/task "").
+    `taxonomy` is the one the run uses (default: the project's) for checking `category`.
+    """
+    return _load(Path(path), taxonomy or default_taxonomy(), seed=False)
+
+
+def _load(path: Path, tax: Taxonomy, seed: bool) -> list[dict[str, Any]]:
+    if not path.is_file():
         raise ValueError(f"{path}: file not found")
-    tax = default_taxonomy()
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
-            for key in ("id", "query"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise ValueError(f"{path}:{n}: field {key!r} is missing or empty")
-            row.setdefault("language", "en")
-            if row["language"] not in LANGUAGES:
-                raise ValueError(f"{path}:{n}: field 'language' must be one of {LANGUAGES}, got {row['language']!r}")
-            if row.get("risk_level") is not None and row["risk_level"] not in LEVELS:
-                raise ValueError(f"{path}:{n}: field 'risk_level' must be one of {LEVELS}, got {row['risk_level']!r}")
-            cat = row.get("category")
-            if cat and cat != NO_RISK and tax.get(cat).name_en == "Unknown Risk" and cat != "Unknown Risk":
-                raise ValueError(f"{path}:{n}: field 'category' {cat!r} is not a known risk category")
-            if row["id"] in seen:
-                raise ValueError(f"{path}:{n}: field 'id' {row['id']!r} is a duplicate")
-            seen.add(row["id"])
-            row.setdefault("persona", "")
-            row.setdefault("task", "")
-            rows.append(row)
+    seen: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        row = _check_row(row, tax, seed, where=f"{path}:{n}")
+        if row["id"] in seen:
+            raise ValueError(f"{path}:{n}: field 'id': {row['id']!r} is a duplicate of line {seen[row['id']]}")
+        if seed and row["id"] != f"seed-{len(rows) + 1:04d}":
+            raise ValueError(f"{path}:{n}: field 'id': expected 'seed-{len(rows) + 1:04d}' (ids are sequential), "
+                             f"got {row['id']!r}")
+        seen[row["id"]] = n
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no queries (the file is empty)")
     return rows
 
 
-def load_seed_queries() -> list[dict[str, Any]]:
-    return load_query_file(seed_path())
+def _check_row(row: dict[str, Any], tax: Taxonomy, seed: bool, where: str) -> dict[str, Any]:
+    def fail(field: str, msg: str) -> ValueError:
+        return ValueError(f"{where}: field {field!r}: {msg}")
+
+    if seed:
+        missing = [k for k in KEYS if k not in row]
+        extra = sorted(set(row) - set(KEYS))
+        if missing:
+            raise fail(missing[0], f"missing (the seed format needs exactly {list(KEYS)})")
+        if extra:
+            raise fail(extra[0], f"unexpected key (the seed format needs exactly {list(KEYS)})")
+    if not seed and isinstance(row.get("id"), int) and not isinstance(row["id"], bool):
+        row = {**row, "id": str(row["id"])}  # users often number their queries
+    required = KEYS if seed else ("id", "query")
+    for key in required:
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise fail(key, "missing or empty" if row.get(key) in (None, "") else
+                       f"must be a non-empty string, got {row[key]!r}")
+    out = dict(row)
+    out.setdefault("language", "en")
+    if out["language"] not in LANGUAGES:
+        raise fail("language", f"must be one of {list(LANGUAGES)}, got {out['language']!r}")
+    out["risk_level"] = out.get("risk_level")
+    if out["risk_level"] is not None and out["risk_level"] not in LEVELS:
+        raise fail("risk_level", f"must be one of {list(LEVELS)}, got {out['risk_level']!r}")
+    for key in ("persona", "task"):
+        out[key] = out.get(key) if out.get(key) is not None else ""
+        if not isinstance(out[key], str):
+            raise fail(key, f"must be a string, got {out[key]!r}")
+    out["category"] = _check_category(out.get("category"), out["risk_level"], tax, seed, fail)
+    return out
+
+
+def _check_category(cat: Any, level: str | None, tax: Taxonomy, seed: bool, fail: Any) -> str | None:
+    if cat is None or cat == "":
+        return None
+    if not isinstance(cat, str):
+        raise fail("category", f"must be a string, got {cat!r}")
+    if seed:  # the seed file uses canonical EN names only
+        if cat == NO_RISK:
+            if level != "R0":
+                raise fail("category", f"{NO_RISK!r} is only for R0 queries (risk_level is {level!r})")
+            return cat
+        if cat not in tax.names_en():
+            try:
+                hint = str(tax.get_strict(cat).name_en)
+                raise fail("category", f"{cat!r} is not a canonical EN category name; write {hint!r}")
+            except UnknownCategoryError as e:
+                raise fail("category", str(e)) from None
+        return cat
+    try:
+        return tax.get_strict(cat).name_en
+    except UnknownCategoryError as e:
+        raise fail("category", str(e)) from None
