@@ -1,119 +1,204 @@
-"""Preference pairs as token tensors: chat template, prompt masking, truncation, bucketed batches."""
+"""Preference pairs as token tensors: chat template, prompt masking, truncation, length-bucketed batches.
+
+The prompt and each completion are tokenised separately and concatenated, so training sees exactly
+the token boundary that generation sees (prompt tokens, then sampled tokens). Every completion ends
+with the tokenizer's eos token, which teaches the model to stop.
+"""
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from pydantic import BaseModel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from oyster_exp.training.losses import IGNORE
 
+Truncation = Literal["keep_start", "keep_end"]
+
 
 class PreferenceExample(BaseModel):
-    id: str
-    prompt: list[dict[str, str]]          # chat messages before the assistant turn
-    chosen: str                           # assistant text (may start with <think>...</think>)
+    """One preference pair; SFT uses `chosen` only.
+
+    `prompt` is the chat before the assistant turn (optional system message, then user);
+    `chosen`/`rejected` are final assistant texts, with any `<think>...</think>` already in them.
+    """
+
+    prompt: list[dict[str, str]]
+    chosen: str
     rejected: str
+    id: str
+
+
+def _generation_header(tokenizer: Any, prompt: list[dict[str, str]]) -> list[int]:
+    """Tokens the chat template appends for `add_generation_prompt` (e.g. `<|im_start|>assistant\\n`)."""
+    with_header = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    without = tokenizer.apply_chat_template(prompt, add_generation_prompt=False, tokenize=False)
+    if not with_header.startswith(without) or with_header == without:
+        return []
+    return tokenizer(with_header[len(without):], add_special_tokens=False)["input_ids"]
+
+
+def _truncate_prompt(prompt_ids: list[int], keep: int, truncation: Truncation, header: list[int]) -> list[int]:
+    """Shorten the prompt to `keep` tokens; keep_start still ends with the assistant header."""
+    if len(prompt_ids) <= keep:
+        return prompt_ids
+    if truncation == "keep_end":
+        return prompt_ids[len(prompt_ids) - keep:]
+    if header and prompt_ids[-len(header):] == header and keep > len(header):
+        return prompt_ids[:keep - len(header)] + header
+    return prompt_ids[:keep]
 
 
 def tokenize_example(ex: PreferenceExample, tokenizer: Any, max_length: int,
-                     truncation: Literal["keep_start", "keep_end"] = "keep_end") -> dict[str, Any]:
-    """Token ids and labels; the prompt is truncated first, completions only if still too long."""
+                     truncation: Truncation = "keep_end") -> dict[str, Any]:
+    """Token ids and labels for one pair, at most `max_length` tokens per side.
+
+    Truncation shortens the prompt first (from the start for keep_end, from the end for keep_start)
+    down to `max_length - longest completion`, but never below `min(prompt, max_length // 2)` tokens,
+    so a very long completion cannot erase the question; completions are cut only after that.
+    Returns per side `input_ids`, `attention_mask`, `labels` (-100 on the prompt) and `labels_full`
+    (prompt and response, TRL's NLL span), plus `prompt_len` and `length` for bucketing.
+    """
+    if tokenizer.eos_token is None:
+        raise ValueError("the tokenizer has no eos token; completions must end with one")
     prompt_text = tokenizer.apply_chat_template(ex.prompt, add_generation_prompt=True, tokenize=False)
-    p = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token or ""
-    c = tokenizer(ex.chosen + eos, add_special_tokens=False)["input_ids"]
-    r = tokenizer(ex.rejected + eos, add_special_tokens=False)["input_ids"]
-    longest = max(len(c), len(r))
-    if len(p) + longest > max_length:
-        keep = max(max_length - longest, min(len(p), max_length // 2))
-        p = p[-keep:] if truncation == "keep_end" else p[:keep]
-    room = max_length - len(p)
-    c, r = c[:room], r[:room]
-    return {
-        "id": ex.id,
-        "chosen_input_ids": p + c,
-        "chosen_labels": [IGNORE] * len(p) + c,       # response-only
-        "chosen_labels_full": p + c,                   # prompt and response (TRL's NLL span)
-        "rejected_input_ids": p + r,
-        "rejected_labels": [IGNORE] * len(p) + r,
-        "prompt_len": len(p),
-        "length": len(p) + max(len(c), len(r)),
-    }
-
-
-def _pad(rows: list[list[int]], value: int, width: int) -> torch.Tensor:
-    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
-
-
-def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad chosen and rejected to one common width, so they share a single forward pass."""
-    width = max(max(len(f["chosen_input_ids"]), len(f["rejected_input_ids"])) for f in features)
-    out: dict[str, Any] = {"ids": [f["id"] for f in features]}
-    for side in ("chosen", "rejected"):
-        ids = [f[f"{side}_input_ids"] for f in features]
-        out[f"{side}_input_ids"] = _pad(ids, pad_id, width)
-        out[f"{side}_attention_mask"] = _pad([[1] * len(x) for x in ids], 0, width)
-        out[f"{side}_labels"] = _pad([f[f"{side}_labels"] for f in features], IGNORE, width)
-    out["chosen_labels_full"] = _pad([f["chosen_labels_full"] for f in features], IGNORE, width)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completions = {side: tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+                   for side, text in (("chosen", ex.chosen), ("rejected", ex.rejected))}
+    longest = max(len(c) for c in completions.values())
+    if len(prompt_ids) + longest > max_length:
+        keep = max(max_length - longest, min(len(prompt_ids), max_length // 2))
+        header = _generation_header(tokenizer, ex.prompt) if truncation == "keep_start" else []
+        prompt_ids = _truncate_prompt(prompt_ids, keep, truncation, header)
+    room = max_length - len(prompt_ids)
+    out: dict[str, Any] = {"id": ex.id, "prompt_len": len(prompt_ids)}
+    for side, completion in completions.items():
+        ids = prompt_ids + completion[:room]
+        out[f"{side}_input_ids"] = ids
+        out[f"{side}_attention_mask"] = [1] * len(ids)
+        out[f"{side}_labels"] = [IGNORE] * len(prompt_ids) + ids[len(prompt_ids):]
+        out[f"{side}_labels_full"] = list(ids)
+    out["length"] = max(len(out["chosen_input_ids"]), len(out["rejected_input_ids"]))
     return out
 
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar length (less padding), in a seeded random order that changes per epoch."""
+_PAD_FIELDS = {"input_ids": None, "attention_mask": 0, "labels": IGNORE, "labels_full": IGNORE}
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, bucketing: bool = True,
-                 shuffle: bool = True):
-        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self.bucketing, self.shuffle, self.epoch = bucketing, shuffle, 0
+
+def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad both sides to one width (the batch's longest sequence): one forward pass for both."""
+    width = max(len(f[f"{side}_input_ids"]) for f in features for side in ("chosen", "rejected"))
+    out: dict[str, Any] = {"ids": [f["id"] for f in features]}
+    for side in ("chosen", "rejected"):
+        for field, pad in _PAD_FIELDS.items():
+            value = pad_id if pad is None else pad
+            rows = [f[f"{side}_{field}"] + [value] * (width - len(f[f"{side}_{field}"])) for f in features]
+            out[f"{side}_{field}"] = torch.tensor(rows, dtype=torch.long)
+    return out
+
+
+class BucketBatchSampler(BatchSampler):
+    """Batches of similar length (less padding) drawn from whatever indices `sampler` yields.
+
+    Indices are read in windows of `batch_size * window_batches`, sorted by length within a window,
+    cut into batches, and the batch order is shuffled with `seed` and the pass number. Subclassing
+    `BatchSampler` with a `sampler` argument lets Lightning swap in a `DistributedSampler` under
+    DDP, so each rank buckets its own shard instead of failing.
+    """
+
+    def __init__(self, sampler: Sampler[int] | Sequence[int], batch_size: int, drop_last: bool = False,
+                 lengths: Sequence[int] = (), seed: int = 0, bucketing: bool = True,
+                 shuffle_batches: bool = True, window_batches: int = 64):
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths, self.seed, self.bucketing = list(lengths), seed, bucketing
+        self.shuffle_batches, self.window_batches, self.passes = shuffle_batches, window_batches, 0
+
+    def _window(self, n: int) -> int:
+        return self.batch_size * self.window_batches if self.bucketing else max(n, 1)
+
+    def _batches_in(self, size: int) -> int:
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
-        idx = list(range(len(self.lengths)))
-        if self.shuffle:
-            rng.shuffle(idx)
-        if self.bucketing:
-            idx.sort(key=lambda i: self.lengths[i])
-        batches = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
-        if self.shuffle:
+        rng = random.Random(self.seed * 1_000_003 + self.passes)
+        self.passes += 1
+        indices = list(self.sampler)
+        window = self._window(len(indices))
+        batches: list[list[int]] = []
+        for start in range(0, len(indices), window):
+            chunk = indices[start:start + window]
+            if self.bucketing:
+                chunk.sort(key=lambda i: self.lengths[i])
+            cut = [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += cut[:self._batches_in(len(chunk))]
+        if self.shuffle_batches:
             rng.shuffle(batches)
         return iter(batches)
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        n = len(self.sampler) if isinstance(self.sampler, Sized) else len(self.lengths)
+        window = self._window(n)
+        full, rest = divmod(n, window)
+        return full * self._batches_in(window) + self._batches_in(rest)
 
 
 class PreferenceDataModule(L.LightningDataModule):
+    """Tokenised preference pairs for ORPO (both sides) or SFT (the module reads `chosen` only).
+
+    Tokenisation happens once in `setup`; batches are right-padded to their own longest sequence.
+    With `length_bucketing`, pairs of similar length share a batch and batch order is shuffled with
+    `seed`; without it, pairs come in a seeded random order.
+    """
+
     def __init__(self, train: list[PreferenceExample], val: list[PreferenceExample], tokenizer: Any,
                  max_length: int = 512, batch_size: int = 2, length_bucketing: bool = True, seed: int = 0,
-                 truncation: Literal["keep_start", "keep_end"] = "keep_end"):
+                 truncation: Truncation = "keep_end", num_workers: int = 0):
         super().__init__()
-        self.train_examples, self.val_examples = train, val
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.train_examples, self.val_examples = list(train), list(val)
         self.tokenizer = tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
-        self.length_bucketing, self.seed, self.truncation = length_bucketing, seed, truncation
+        self.max_length, self.batch_size, self.length_bucketing = max_length, batch_size, length_bucketing
+        self.seed, self.truncation, self.num_workers = seed, truncation, num_workers
         self.train_features: list[dict[str, Any]] = []
         self.val_features: list[dict[str, Any]] = []
 
-    def setup(self, stage: str | None = None) -> None:
-        if not self.train_features:
-            tok = lambda ex: tokenize_example(ex, self.tokenizer, self.max_length, self.truncation)  # noqa: E731
-            self.train_features = [tok(e) for e in self.train_examples]
-            self.val_features = [tok(e) for e in self.val_examples]
+    @property
+    def pad_id(self) -> int:
+        """Padding is masked everywhere, so any id works; eos stands in when there is no pad token."""
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
-    def _loader(self, feats: list[dict[str, Any]], shuffle: bool) -> DataLoader:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        sampler = BucketBatchSampler([f["length"] for f in feats], self.batch_size, self.seed,
-                                     self.length_bucketing, shuffle)
-        return DataLoader(feats, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad), num_workers=0)
+    def _tokenize(self, examples: list[PreferenceExample]) -> list[dict[str, Any]]:
+        return [tokenize_example(e, self.tokenizer, self.max_length, self.truncation) for e in examples]
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.train_features and self.train_examples:
+            self.train_features = self._tokenize(self.train_examples)
+        if not self.val_features and self.val_examples:
+            self.val_features = self._tokenize(self.val_examples)
+
+    def _loader(self, features: list[dict[str, Any]], train: bool) -> DataLoader:
+        if train:
+            sampler: Sampler[int] = RandomSampler(features, generator=torch.Generator().manual_seed(self.seed))
+        else:
+            sampler = SequentialSampler(features)
+        batches = BucketBatchSampler(sampler, self.batch_size, drop_last=False,
+                                     lengths=[f["length"] for f in features], seed=self.seed,
+                                     bucketing=self.length_bucketing, shuffle_batches=train)
+        return DataLoader(features, batch_sampler=batches, num_workers=self.num_workers,
+                          collate_fn=functools.partial(collate, pad_id=self.pad_id))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_features, shuffle=True)
+        if not self.train_features:
+            raise ValueError("no training examples")
+        return self._loader(self.train_features, train=True)
 
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_features, shuffle=False) if self.val_features else []
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Pairs in a fixed order; an empty list (Lightning skips validation) when there is no split."""
+        return self._loader(self.val_features, train=False) if self.val_features else []

@@ -1,65 +1,122 @@
-"""ORPO and SFT losses as pure functions (parity-tested against TRL's ORPO trainer).
+"""ORPO and SFT losses as pure tensor functions, numerically matched to TRL's ORPO trainer.
 
-Log-probabilities are computed in float32 whatever the model's dtype; `log1mexp` is the stable
-log(1 - exp(x)) that keeps the odds ratio finite when a completion's probability nears 1.
+Why pure functions: the Lightning module, the TRL parity test and any future trainer (DDP, FSDP,
+PEFT) share one definition of the objective. Log-probabilities are always taken in float32, one
+sequence at a time, so a bf16 model never materialises a float32 copy of the whole
+(batch, length, vocab) logits tensor. `log1mexp` keeps the odds ratio finite as a completion's mean
+probability approaches 1, the failure TRL saw as NaNs (trl#3237, trl#2564).
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 IGNORE = -100
+"""Label value that excludes a position from every loss (prompt and padding tokens)."""
+
+NllSpan = Literal["response", "prompt_and_response"]
+"""Which tokens ORPO's NLL term covers: the chosen response only (LLaMA-Factory) or the whole
+prompt and response (TRL, the ORPO paper's code). The odds-ratio term always uses the response."""
+
+_NEG_LN2 = -0.6931471805599453
+LOG1MEXP_CAP = -1e-6
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position log p(next label) in float32, with the mask of positions that count.
+
+    Position t of the result scores `labels[:, t + 1]` under `logits[:, t]` (causal shift), so both
+    outputs have shape (batch, length - 1); masked positions hold 0. Computed as
+    `logit[label] - logsumexp(logits)` row by row, the gather form of log_softmax, which never builds
+    a second vocab-sized tensor for the whole batch.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    index = target.masked_fill(~mask, 0).unsqueeze(-1)
+    rows = []
+    for row_logits, row_index in zip(logits[:, :-1], index):
+        row = row_logits.float()
+        rows.append(row.gather(-1, row_index).squeeze(-1) - torch.logsumexp(row, dim=-1))
+    logps = torch.stack(rows) if rows else logits.new_zeros(target.shape, dtype=torch.float32)
+    return torch.where(mask, logps, torch.zeros_like(logps)), mask
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> torch.Tensor:
-    """Per-sequence sum (or mean) of token log-probs where labels != -100 (next-token shifted)."""
-    logits = logits[:, :-1, :].float()
-    labels = labels[:, 1:]
-    mask = labels != IGNORE
-    safe = labels.masked_fill(~mask, 0)
-    # gather before normalising: log_softmax(x)[y] = x[y] - logsumexp(x), without a vocab-sized copy
-    picked = torch.gather(logits, 2, safe.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    total = (picked * mask).sum(-1)
-    if not average:
-        return total
-    return total / mask.sum(-1).clamp(min=1)
+    """Per-sequence sum (`average=False`) or mean of token log-probs where `labels != -100`.
+
+    ORPO's odds use the mean (a length-normalised probability); a sequence with no scored token
+    gets 0 rather than NaN.
+    """
+    logps, mask = token_logps(logits, labels)
+    total = logps.sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if average else total
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x <= 0, switching formulas at -ln 2 for accuracy on both sides."""
-    t = -0.6931471805599453
-    return torch.where(x < t, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    """log(1 - exp(x)) for x <= 0, with finite values and finite gradients everywhere.
+
+    Near 0, `1 - exp(x)` cancels, so use `log(-expm1(x))`; far below 0, `log1p(-exp(x))` is exact.
+    The switch at -ln 2 is Maechler's (2012), as in TRL. Two guards TRL lacks, both for memorised
+    completions (mean token log-prob near 0): each branch only sees inputs from its own side, since
+    a plain `where` back-propagates 0 * inf = NaN from the unused branch once exp(x) rounds to 1
+    (x > -6e-8); and x is capped at `LOG1MEXP_CAP` = -1e-6, about the float32 resolution of a token
+    log-prob (`logit - logsumexp` of logits of magnitude ~10), so the odds of two near-certain
+    completions cannot produce a 1/|x| gradient that overflows. Below the cap, values equal TRL's.
+    """
+    x = x.clamp(max=LOG1MEXP_CAP)
+    far = x < _NEG_LN2
+    threshold = torch.full_like(x, _NEG_LN2)
+    return torch.where(far, torch.log1p(-torch.exp(torch.where(far, x, threshold))),
+                       torch.log(-torch.expm1(torch.where(far, threshold, x))))
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over positions where labels != -100 (the SFT loss)."""
-    return F.cross_entropy(logits[:, :-1, :].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE)
+    """Mean next-token negative log-likelihood over all scored positions of the batch.
+
+    Token-weighted like `CrossEntropyLoss(ignore_index=-100)`, so long sequences weigh more; 0 (not
+    NaN) when nothing is scored.
+    """
+    logps, mask = token_logps(logits, labels)
+    return -logps.sum() / mask.sum().clamp(min=1)
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The SFT objective: mean token NLL of the labelled (response) tokens."""
     return token_nll(logits, labels)
+
+
+def full_sequence_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Labels covering prompt and response: every attended token, -100 on padding (TRL's NLL span)."""
+    return input_ids.masked_fill(attention_mask == 0, IGNORE)
 
 
 def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, chosen_nll: torch.Tensor,
               beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = NLL(chosen) - beta * mean(log sigmoid(log odds(chosen) - log odds(rejected))).
+    """ORPO (Hong et al. 2024, Eqs. 4 and 7): `chosen_nll - beta * mean(log sigmoid(log odds ratio))`.
 
-    `*_logps` are MEAN token log-probs of the completions; metric names follow TRL.
+    `chosen_logps`/`rejected_logps` are MEAN token log-probs of each completion, shape (batch,);
+    `log odds(p) = log p - log(1 - p)` is computed from log p with `log1mexp`, never from p. The metric
+    names and definitions are TRL's (`get_batch_loss_metrics`), so dashboards compare directly;
+    metrics are detached scalars.
     """
+    chosen_logps, rejected_logps = chosen_logps.float(), rejected_logps.float()
     log_odds = (chosen_logps - rejected_logps) - (log1mexp(chosen_logps) - log1mexp(rejected_logps))
-    ratio = F.logsigmoid(log_odds)
-    loss = chosen_nll - beta * ratio.mean()
-    rc, rr = beta * chosen_logps.detach(), beta * rejected_logps.detach()
+    log_sigmoid = F.logsigmoid(log_odds)
+    loss = chosen_nll - beta * log_sigmoid.mean()
+    chosen_rewards, rejected_rewards = beta * chosen_logps.detach(), beta * rejected_logps.detach()
     metrics = {
-        "rewards/chosen": rc.mean(),
-        "rewards/rejected": rr.mean(),
-        "rewards/accuracies": (rc > rr).float().mean(),
-        "rewards/margins": (rc - rr).mean(),
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
         "logps/chosen": chosen_logps.detach().mean(),
         "logps/rejected": rejected_logps.detach().mean(),
         "nll_loss": chosen_nll.detach(),
-        "log_odds_ratio": ratio.detach().mean(),
+        "log_odds_ratio": log_sigmoid.detach().mean(),
         "log_odds_chosen": log_odds.detach().mean(),
     }
     return loss, metrics

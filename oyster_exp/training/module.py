@@ -1,7 +1,13 @@
-"""The LightningModule: ORPO or SFT on preference pairs, TRL-compatible metric names."""
+"""The LightningModule: ORPO or SFT on preference pairs, with TRL-compatible metric names.
+
+ORPO runs chosen and rejected as one concatenated forward pass (half the kernel launches, and one
+pass is what FSDP wants). Metrics are logged as `train/<name>` per step and `val/<name>` per
+epoch, so a W&B dashboard can put our runs next to TRL's (`rewards/margins`, `log_odds_ratio`, ...).
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -9,58 +15,107 @@ import lightning as L
 import torch
 import yaml
 
-from oyster_exp.training.losses import orpo_loss, sequence_logps, token_nll
+from oyster_exp.training.losses import orpo_loss, sequence_logps, sft_loss, token_nll
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+OBJECTIVES = ("orpo", "sft")
+NLL_SPANS = ("response", "prompt_and_response")
+DEFAULT_LR = 5e-5
+
+
+def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
+    """Accept plain strings and the schema's str enums alike."""
+    value = value.value if isinstance(value, Enum) else str(value)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _plain(obj: Any) -> Any:
+    """Config values as YAML-safe builtins (enums, paths and other objects become strings)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Enum):
+        return _plain(obj.value)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
 
 
 class PreferenceModule(L.LightningModule):
+    """A causal LM trained with ORPO (default) or SFT.
+
+    `optimizer` is a factory taking the parameters (a `functools.partial`, e.g. Hydra
+    `_partial_: true`); the default is AdamW at lr 5e-5. `scheduler` is a factory taking the optimizer,
+    stepped once per optimisation step. `nll_span` picks ORPO's NLL tokens: `response` (default) or
+    `prompt_and_response` (TRL). Dropout is disabled by default, as TRL does, because the odds ratio
+    compares two noisy forward passes otherwise.
+    """
+
     def __init__(self, model_path: str, objective: str = "orpo", beta: float = 0.1, nll_span: str = "response",
-                 optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-                 scheduler: Callable[..., Any] | None = None, gradient_checkpointing: bool = False):
+                 optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
+                 gradient_checkpointing: bool = False, disable_dropout: bool = True):
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if objective not in ("orpo", "sft"):
-            raise ValueError(f"objective must be 'orpo' or 'sft', got {objective!r}")
-        if nll_span not in ("response", "prompt_and_response"):
-            raise ValueError(f"nll_span must be 'response' or 'prompt_and_response', got {nll_span!r}")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.objective, self.beta, self.nll_span = objective, beta, nll_span
+        self.objective = _choice(objective, OBJECTIVES, "objective")
+        self.nll_span = _choice(nll_span, NLL_SPANS, "nll_span")
+        self.beta = float(beta)
+        self.save_hyperparameters({"model_path": str(model_path), "objective": self.objective, "beta": self.beta,
+                                   "nll_span": self.nll_span, "gradient_checkpointing": gradient_checkpointing,
+                                   "disable_dropout": disable_dropout})
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        self.model.train()  # from_pretrained returns eval mode; Lightning leaves modes as they are
+            enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
+            kwargs = {"use_reentrant": False}
+            if enable is not None:
+                enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if disable_dropout:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = 0.0
+        self.model.train()  # from_pretrained returns eval mode and Lightning keeps submodule modes as found
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def compute(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        n = batch["chosen_input_ids"].size(0)
+        """Loss and detached metrics for one collated batch (see `data.collate`)."""
+        full = self.nll_span == "prompt_and_response"
         if self.objective == "sft":
-            logits = self._forward(batch["chosen_input_ids"], batch["chosen_attention_mask"])
-            labels = batch["chosen_labels_full"] if self.nll_span == "prompt_and_response" else batch["chosen_labels"]
-            loss = token_nll(logits, labels)
-            return loss, {"nll_loss": loss.detach()}
-        ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
-        mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+            width = int(batch["chosen_attention_mask"].sum(-1).max())  # drop columns only rejected needs
+            logits = self._logits(batch["chosen_input_ids"][:, :width], batch["chosen_attention_mask"][:, :width])
+            labels = batch["chosen_labels_full" if full else "chosen_labels"][:, :width]
+            loss = sft_loss(logits, labels)
+            logps = sequence_logps(logits.detach(), batch["chosen_labels"][:, :width], average=True)
+            return loss, {"nll_loss": loss.detach(), "logps/chosen": logps.mean()}
+        n = batch["chosen_input_ids"].size(0)
+        input_ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
+        attention_mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
         labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
-        logits = self._forward(ids, mask)
+        logits = self._logits(input_ids, attention_mask)
         logps = sequence_logps(logits, labels, average=True)
-        nll_labels = batch["chosen_labels_full"] if self.nll_span == "prompt_and_response" else batch["chosen_labels"]
-        chosen_nll = token_nll(logits[:n], nll_labels)
+        chosen_nll = token_nll(logits[:n], batch["chosen_labels_full" if full else "chosen_labels"])
         return orpo_loss(logps[:n], logps[n:], chosen_nll, self.beta)
 
-    def _step(self, batch: dict[str, Any], prefix: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         loss, metrics = self.compute(batch)
-        bs = batch["chosen_input_ids"].size(0)
-        on_step = prefix == "train"
-        self.log(f"{prefix}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=bs)
-        for k, v in metrics.items():
-            self.log(f"{prefix}/{k}", v, on_step=on_step, on_epoch=not on_step, batch_size=bs)
-        if on_step:
-            tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
-            self.log("train/tokens", float(tokens), on_step=True, reduce_fx="sum", batch_size=bs)
+        size = batch["chosen_input_ids"].size(0)
+        train = stage == "train"
+        kwargs = {"on_step": train, "on_epoch": not train, "batch_size": size, "sync_dist": not train}
+        self.log(f"{stage}/loss", loss.detach(), prog_bar=True, **kwargs)
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, **kwargs)
+        if train:
+            sides = ("chosen",) if self.objective == "sft" else ("chosen", "rejected")
+            tokens = sum(int(batch[f"{s}_attention_mask"].sum()) for s in sides)
+            self.log("train/tokens", float(tokens), on_step=True, on_epoch=False, batch_size=size)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -70,21 +125,32 @@ class PreferenceModule(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=5e-5))
-        opt = factory(self.model.parameters())
+        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=DEFAULT_LR))
+        optimizer = factory(self.model.parameters())
         if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
     def export(self, out_dir: Path, card_config: dict[str, Any] | None = None,
                metrics: dict[str, float] | None = None) -> Path:
-        """save_pretrained for model and tokenizer, plus a model card with the config and metrics."""
+        """Write a `from_pretrained`-loadable directory: weights, tokenizer, and a README model card.
+
+        The card records the objective, the final metrics and `card_config` (e.g. the resolved Hydra
+        config, secrets already stripped) as YAML, so the model carries its own provenance.
+        """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
-        card = ["# oyster-exp model", "", f"Objective: `{self.objective}` (beta={self.beta}, nll_span={self.nll_span}).",
-                "", "## Final metrics", "", "```yaml", yaml.safe_dump(metrics or {}, sort_keys=True).strip(), "```",
-                "", "## Config", "", "```yaml", yaml.safe_dump(card_config or {}, sort_keys=False).strip(), "```", ""]
-        (out_dir / "README.md").write_text("\n".join(card))
+        front = {"library_name": "transformers", "tags": ["oyster-exp", self.objective]}
+        dump = lambda obj, order: yaml.safe_dump(_plain(obj), sort_keys=order, allow_unicode=True).strip()  # noqa: E731
+        card = [
+            "---", dump(front, False), "---", "", "# oyster-exp model", "",
+            f"Trained with `{self.objective}` (beta={self.beta}, nll_span={self.nll_span}) "
+            f"from `{self.hparams['model_path']}`.", "",
+            "## Final metrics", "", "```yaml", dump(metrics or {}, True), "```", "",
+            "## Config", "", "```yaml", dump(card_config or {}, False), "```", "",
+        ]
+        (out_dir / "README.md").write_text("\n".join(card), encoding="utf-8")
         return out_dir
