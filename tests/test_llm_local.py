@@ -1,6 +1,10 @@
-"""The in-process backend on the tiny random model: batching and schema-valid structured output."""
+"""The in-process backend: micro-batched free text and schema-valid JSON-frame structured output.
+
+Fast tests run on the tiny random model; the `slow` one on the embedded SmolLM2.
+"""
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -8,7 +12,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from oyster_exp.llm.base import ChatMessage, ChatRequest
+from oyster_exp.llm.base import ChatMessage, ChatRequest, LLMClient
 from oyster_exp.llm.json_frame import field_specs
 
 
@@ -21,11 +25,19 @@ class Judgement(BaseModel):
     label: Literal["safe", "partly_safe", "unsafe"]
     item: Literal[-1, 0, 1]
     note: str
-    steps: list[str] = Field(min_length=1, max_length=3)
+    steps: list[str]
+
+
+class WithEnumClass(BaseModel):
     mood: Mood
+    score: int
+    short: str = Field(max_length=5)
+    tags: list[Literal["x", "y"]] = Field(max_length=2)
+    sure: bool
 
 
 class Nested(BaseModel):
+    verdict: Literal["yes", "no"]
     inner: Judgement
 
 
@@ -33,46 +45,135 @@ class Nested(BaseModel):
 def client(tiny_model_dir: Path):
     from oyster_exp.llm.local import LocalClient
 
-    return LocalClient(tiny_model_dir, model_id="tiny")
+    return LocalClient(tiny_model_dir, model_id="tiny", max_batch_size=8)
 
 
 def _req(text: str, **kw) -> ChatRequest:
     return ChatRequest(messages=[ChatMessage(role="user", content=text)], **kw)
 
 
-def test_batched_generation_equals_one_by_one(client) -> None:
-    prompts = ["alpha", "a much longer prompt about safety and help", "中文问题"]
-    batch = client.chat_batch([_req(p, max_tokens=8, temperature=1.0, seed=3) for p in prompts[:1]] +
-                              [_req(p, max_tokens=8) for p in prompts])
-    singles = [client.chat_batch([_req(p, max_tokens=8)])[0] for p in prompts]
-    assert [b.content for b in batch[1:]] == [s.content for s in singles]
-    assert all(b.usage.prompt_tokens > 0 and b.usage.completion_tokens > 0 for b in batch)
+# -- free text ----------------------------------------------------------------------------------
+def test_client_identity(client, tiny_model_dir: Path) -> None:
+    from oyster_exp.llm.local import LocalClient
+
+    assert isinstance(client, LLMClient)
+    assert client.backend == "local" and client.model_id == "tiny"
+    assert LocalClient(tiny_model_dir).model_id == tiny_model_dir.name  # default: the directory name
+    assert client.count_tokens("hello world") > 0 and client.count_tokens("") == 0
 
 
-def test_sampling_is_reproducible_per_seed(client) -> None:
-    a = client.chat_batch([_req("hello", max_tokens=12, temperature=1.0, seed=5)])[0].content
-    b = client.chat_batch([_req("hello", max_tokens=12, temperature=1.0, seed=5)])[0].content
-    c = client.chat_batch([_req("hello", max_tokens=12, temperature=1.0, seed=6)])[0].content
+def test_batched_greedy_equals_one_by_one(client) -> None:
+    prompts = ["alpha", "a much longer prompt about safety, risk and how to help the user", "中文问题"]
+    batch = client.chat_batch([_req(p, max_tokens=12) for p in prompts])
+    singles = [client.chat_batch([_req(p, max_tokens=12)])[0] for p in prompts]
+    assert [b.content for b in batch] == [s.content for s in singles]
+    assert [b.usage for b in batch] == [s.usage for s in singles]
+    for b in batch:
+        assert b.usage.prompt_tokens > 0 and 0 < b.usage.completion_tokens <= 12
+        assert b.finish_reason in ("stop", "length") and b.reasoning == ""
+        assert "<|im_end|>" not in b.content and "<|endoftext|>" not in b.content
+    # deterministic across calls
+    assert [r.content for r in client.chat_batch([_req(p, max_tokens=12) for p in prompts])] == \
+        [b.content for b in batch]
+
+
+def test_sampling_is_reproducible_per_seed_and_batch_independent(client) -> None:
+    def ask(seed: int, extra: int = 0) -> str:
+        reqs = [_req("hello", max_tokens=12, temperature=1.0, seed=seed)]
+        reqs += [_req(f"other prompt {k}", max_tokens=12, temperature=1.0, seed=100 + k) for k in range(extra)]
+        return client.chat_batch(reqs)[0].content
+
+    a, b, c = ask(5), ask(5), ask(6)
     assert a == b and a != c
+    assert ask(5, extra=3) == a, "a sampled reply must not depend on its batch mates"
 
 
+def test_mixed_batch_keeps_input_order(client) -> None:
+    schema = Judgement.model_json_schema()
+    reqs = [_req("one", max_tokens=5), _req("two", response_schema=schema, max_tokens_per_field=3),
+            _req("three", max_tokens=7, temperature=0.7, seed=1), _req("four", max_tokens=5)]
+    out = client.chat_batch(reqs)
+    assert len(out) == 4
+    Judgement.model_validate_json(out[1].content)
+    assert out[0].content == client.chat_batch([reqs[0]])[0].content
+    assert out[3].content == client.chat_batch([reqs[3]])[0].content
+    assert out[2].usage.completion_tokens <= 7
+
+
+# -- structured ---------------------------------------------------------------------------------
 def test_structured_replies_always_validate(client) -> None:
     schema = Judgement.model_json_schema()
-    seen_labels = set()
+    labels, items = set(), set()
     for i in range(20):
-        r = client.chat_batch([_req(f"case {i}: judge this", response_schema=schema, max_tokens_per_field=6,
-                                    temperature=1.0, seed=i)])[0]
+        r = client.chat_batch([_req(f"case {i}: judge this {'please ' * (i % 4)}", response_schema=schema,
+                                    max_tokens_per_field=6, temperature=0.0 if i < 4 else 1.0, seed=i)])[0]
         j = Judgement.model_validate_json(r.content)
-        seen_labels.add(j.label)
-        assert 1 <= len(j.steps) <= 3
-    assert len(seen_labels) >= 2, "sampling should reach more than one enum value"
+        assert list(json.loads(r.content)) == ["label", "item", "note", "steps"]  # schema order
+        assert j.label in ("safe", "partly_safe", "unsafe") and j.item in (-1, 0, 1)
+        assert 1 <= len(j.steps) <= 4
+        assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0 and r.reasoning == ""
+        labels.add(j.label)
+        items.add(j.item)
+    assert len(labels) >= 2 and len(items) >= 2, "sampling should reach more than one enum value"
 
 
-def test_field_specs_resolve_enums_and_reject_nested_objects() -> None:
-    specs = {s.name: s for s in field_specs(Judgement.model_json_schema())}
-    assert specs["label"].options == ["safe", "partly_safe", "unsafe"]
-    assert specs["item"].options == [-1, 0, 1]
-    assert specs["mood"].options == ["calm", "tense"]
-    assert specs["steps"].kind == "array" and specs["steps"].max_items == 3
+def test_structured_greedy_is_deterministic(client) -> None:
+    req = _req("judge", response_schema=Judgement.model_json_schema(), max_tokens_per_field=5)
+    assert client.chat_batch([req])[0].content == client.chat_batch([req])[0].content
+    sampled = _req("judge", response_schema=Judgement.model_json_schema(), max_tokens_per_field=5,
+                   temperature=1.0, seed=11)
+    assert client.chat_batch([sampled])[0].content == client.chat_batch([sampled])[0].content
+
+
+def test_enum_class_ref_numbers_bools_and_limits(client) -> None:
+    schema = WithEnumClass.model_json_schema()
+    assert "$defs" in schema  # Mood is a $ref
+    for i in range(6):
+        r = client.chat_batch([_req(f"x{i}", response_schema=schema, temperature=1.0, seed=i,
+                                    max_tokens_per_field=8)])[0]
+        v = WithEnumClass.model_validate_json(r.content)
+        assert v.mood in (Mood.calm, Mood.tense)
+        assert len(v.short) <= 5 and 1 <= len(v.tags) <= 2
+
+
+def test_field_specs() -> None:
+    specs = {s.name: s for s in field_specs(WithEnumClass.model_json_schema())}
+    assert specs["mood"].kind == "enum" and specs["mood"].options == ("calm", "tense")
+    assert specs["score"].kind == "number" and specs["score"].integer
+    assert specs["short"].kind == "string" and specs["short"].max_length == 5
+    assert specs["tags"].kind == "array" and specs["tags"].item.options == ("x", "y")
+    assert (specs["tags"].min_items, specs["tags"].max_items) == (1, 2)
+    assert specs["sure"].options == (True, False)
+    j = {s.name: s for s in field_specs(Judgement.model_json_schema())}
+    assert j["item"].options == (-1, 0, 1) and j["steps"].item.kind == "string"
+    assert (j["steps"].min_items, j["steps"].max_items) == (1, 4)
+    const = field_specs({"type": "object", "properties": {"k": {"const": "only"}}})
+    assert const[0].options == ("only",)
+
+
+def test_nested_object_raises_naming_the_field(client) -> None:
     with pytest.raises(ValueError, match="inner"):
         field_specs(Nested.model_json_schema())
+    with pytest.raises(ValueError, match="inner"):
+        client.chat_batch([_req("x", response_schema=Nested.model_json_schema())])
+
+
+# -- the embedded SmolLM2 -----------------------------------------------------------------------
+@pytest.mark.slow
+def test_embedded_smollm2_structured_and_free_text() -> None:
+    from oyster_exp.llm.local import LocalClient
+    from oyster_exp.models.embedded import ensure_embedded_model
+
+    class Answer(BaseModel):
+        answer: Literal["yes", "no"]
+        reason: str
+
+    c = LocalClient(ensure_embedded_model())
+    structured, free = c.chat_batch([
+        _req("Is water wet? Answer yes or no, with a short reason.", response_schema=Answer.model_json_schema(),
+             max_tokens_per_field=16),
+        _req("What is the capital of France?", max_tokens=24),
+    ])
+    a = Answer.model_validate_json(structured.content)
+    assert a.answer in ("yes", "no")
+    assert "Paris" in free.content, free.content
