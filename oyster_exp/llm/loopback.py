@@ -7,14 +7,13 @@ from a seeded RNG per request: 429 with Retry-After, 500, a malformed body, or a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -68,87 +67,85 @@ def reply_for(body: dict[str, Any]) -> str:
     return "echo: " + (users[-1] if users else "")
 
 
-def make_handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _respond(state: ServerState, body: dict[str, Any], n: int) -> tuple[int, bytes, dict[str, str], float]:
+    """(status, payload, headers, extra delay) for request number n: faults drawn from a seeded RNG."""
+    r = random.Random(state.seed * 1_000_003 + n).random()
+    f = state.faults
+    if r < f.rate_429:
+        return 429, b'{"error": "rate limited"}', {"Retry-After": str(f.retry_after_s)}, 0.0
+    r -= f.rate_429
+    if r < f.rate_500:
+        return 500, b'{"error": "server error"}', {}, 0.0
+    r -= f.rate_500
+    if r < f.rate_malformed:
+        return 200, b'{"choices": []}', {}, 0.0
+    r -= f.rate_malformed
+    delay = f.hang_s if r < f.rate_hang else 0.0
+    content = reply_for(body)
+    thinking = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
+    payload = {"id": f"cmpl-{n}", "object": "chat.completion", "model": body.get("model"),
+               "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": content,
+                                        "reasoning_content": "thinking..." if thinking else None}}],
+               "usage": {"prompt_tokens": 10, "completion_tokens": max(1, len(content) // 4)}}
+    return 200, json.dumps(payload).encode(), {}, delay
 
-        def log_message(self, *args: Any) -> None:  # quiet
-            pass
 
-        def _send(self, code: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(payload)
+def make_app(state: ServerState) -> Any:
+    """An aiohttp app: one event loop serves every connection, so the server adds almost no latency
+    of its own and a benchmark measures the client, not the fixture."""
+    from aiohttp import web
 
-        def do_GET(self) -> None:  # noqa: N802
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        with state.lock:
+            state.requests += 1
+            n = state.requests
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            if state.keep_bodies:
+                state.bodies.append({"auth": request.headers.get("Authorization"), **body})
+        try:
+            status, payload, headers, delay = _respond(state, body, n)
+            await asyncio.sleep(state.latency_s + delay)
+            return web.Response(status=status, body=payload, headers=headers, content_type="application/json")
+        finally:
             with state.lock:
-                stats = {"requests": state.requests, "max_in_flight": state.max_in_flight}
-            self._send(200, json.dumps(stats).encode())
+                state.in_flight -= 1
 
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            with state.lock:
-                state.requests += 1
-                n = state.requests
-                state.in_flight += 1
-                state.max_in_flight = max(state.max_in_flight, state.in_flight)
-                if state.keep_bodies:
-                    state.bodies.append({"auth": self.headers.get("Authorization"), **body})
-            try:
-                r = random.Random(state.seed * 1_000_003 + n).random()
-                f = state.faults
-                time.sleep(state.latency_s)
-                if r < f.rate_429:
-                    self._send(429, b'{"error": "rate limited"}', {"Retry-After": str(f.retry_after_s)})
-                    return
-                r -= f.rate_429
-                if r < f.rate_500:
-                    self._send(500, b'{"error": "server error"}')
-                    return
-                r -= f.rate_500
-                if r < f.rate_malformed:
-                    self._send(200, b'{"choices": []}')
-                    return
-                r -= f.rate_malformed
-                if r < f.rate_hang:
-                    time.sleep(f.hang_s)
-                content = reply_for(body)
-                payload = {"id": f"cmpl-{n}", "object": "chat.completion", "model": body.get("model"),
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": content,
-                                                    "reasoning_content": "thinking..." if body.get(
-                                                        "chat_template_kwargs", {}).get("enable_thinking") else None}}],
-                           "usage": {"prompt_tokens": 10, "completion_tokens": max(1, len(content) // 4)}}
-                self._send(200, json.dumps(payload).encode())
-            finally:
-                with state.lock:
-                    state.in_flight -= 1
+    async def stats(request: web.Request) -> web.Response:
+        with state.lock:
+            data = {"requests": state.requests, "max_in_flight": state.max_in_flight}
+        return web.json_response(data)
 
-    return Handler
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/v1/stats", stats)
+    return app
 
 
 @contextmanager
 def serve(latency_s: float = 0.0, faults: Faults | None = None, seed: int = 0, keep_bodies: bool = True
           ) -> Iterator[tuple[str, ServerState]]:
-    """Run the server on 127.0.0.1 (a free port) in a thread; yields (base_url, state)."""
+    """Run the server on 127.0.0.1 (a free port) in a background thread; yields (base_url, state)."""
+    from aiohttp import web
+
     state = ServerState(latency_s=latency_s, faults=faults or Faults(), seed=seed, keep_bodies=keep_bodies)
-    server = _Server(("127.0.0.1", 0), make_handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(make_app(state), access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+        yield f"http://127.0.0.1:{port}/v1", state
     finally:
-        server.shutdown()
-        server.server_close()
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 def main() -> None:
@@ -156,10 +153,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.2)
     args = ap.parse_args()
-    state = ServerState(latency_s=args.latency, keep_bodies=False)
-    server = _Server(("127.0.0.1", args.port), make_handler(state))
-    print(f"http://127.0.0.1:{server.server_address[1]}/v1", flush=True)
-    server.serve_forever()
+    with serve(latency_s=args.latency, keep_bodies=False) as (url, _):
+        print(url, flush=True)
+        threading.Event().wait()
 
 
 if __name__ == "__main__":
