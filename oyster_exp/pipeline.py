@@ -149,9 +149,9 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
             finally:
                 journal.close()
                 ctx.current_stage = "-"
-            records = read_records(entry.records_path, stage.record_type)
-            entry.mark_complete({"stage": stage.name, "records": len(records),
-                                 "failures": sum(1 for r in records if getattr(r, "failure", None))})
+            done = read_records(entry.records_path, stage.record_type)
+            entry.mark_complete({"stage": stage.name, "records": len(done),
+                                 "failures": sum(1 for r in done if getattr(r, "failure", None))})
     records = read_records(entry.records_path, stage.record_type)
     ctx.outputs[stage.name] = records
     write_records(ctx.artifacts_dir / f"{stage.name}.jsonl", records)
