@@ -113,3 +113,11 @@ def test_token_bucket_paces_requests() -> None:
         return time.monotonic() - t0
 
     assert 0.4 <= asyncio.run(go()) < 1.5
+
+
+def test_dropped_connections_and_truncated_bodies_are_retried() -> None:
+    with serve(faults=Faults(rate_drop=0.25, rate_truncated=0.25), seed=5) as (url, state):
+        client = _client(url, max_attempts=10)
+        out = client.chat_batch([_req(f"q{i}") for i in range(40)])
+    assert [o.content for o in out if isinstance(o, ChatResponse)] == [f"echo: q{i}" for i in range(40)]
+    assert client.engine.stats.retries > 0

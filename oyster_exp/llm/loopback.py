@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ class Faults:
     rate_500: float = 0.0
     rate_malformed: float = 0.0
     rate_hang: float = 0.0
+    rate_drop: float = 0.0          # close the connection without answering
+    rate_truncated: float = 0.0     # 200 with half a JSON body
     retry_after_s: float = 0.05
     hang_s: float = 5.0
 
@@ -80,7 +83,12 @@ def _respond(state: ServerState, body: dict[str, Any], n: int) -> tuple[int, byt
     if r < f.rate_malformed:
         return 200, b'{"choices": []}', {}, 0.0
     r -= f.rate_malformed
-    delay = f.hang_s if r < f.rate_hang else 0.0
+    if r < f.rate_drop:
+        return -1, b"", {}, 0.0
+    r -= f.rate_drop
+    truncated = r < f.rate_truncated
+    r -= f.rate_truncated
+    delay = f.hang_s if 0 <= r < f.rate_hang else 0.0
     content = reply_for(body)
     thinking = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
     payload = {"id": f"cmpl-{n}", "object": "chat.completion", "model": body.get("model"),
@@ -88,7 +96,8 @@ def _respond(state: ServerState, body: dict[str, Any], n: int) -> tuple[int, byt
                             "message": {"role": "assistant", "content": content,
                                         "reasoning_content": "thinking..." if thinking else None}}],
                "usage": {"prompt_tokens": 10, "completion_tokens": max(1, len(content) // 4)}}
-    return 200, json.dumps(payload).encode(), {}, delay
+    data = json.dumps(payload).encode()
+    return 200, data[: len(data) // 2] if truncated else data, {}, delay
 
 
 def make_app(state: ServerState) -> Any:
@@ -108,6 +117,10 @@ def make_app(state: ServerState) -> Any:
         try:
             status, payload, headers, delay = _respond(state, body, n)
             await asyncio.sleep(state.latency_s + delay)
+            if status < 0:  # a dropped connection: no status line at all
+                if request.transport is not None:
+                    request.transport.close()
+                raise ConnectionResetError("dropped by fault injection")
             return web.Response(status=status, body=payload, headers=headers, content_type="application/json")
         finally:
             with state.lock:
@@ -131,6 +144,7 @@ def serve(latency_s: float = 0.0, faults: Faults | None = None, seed: int = 0, k
     from aiohttp import web
 
     state = ServerState(latency_s=latency_s, faults=faults or Faults(), seed=seed, keep_bodies=keep_bodies)
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # injected drops are not server errors
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(make_app(state), access_log=None)
     loop.run_until_complete(runner.setup())
