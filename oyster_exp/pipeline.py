@@ -134,6 +134,7 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
         if entry.complete:
             stats["cache"] = "hit"
             log.info("stage %-8s cache hit (%s)", stage.name, entry.dir)
+            records = read_records(entry.records_path, stage.record_type)
         else:
             if not run_it:
                 raise StageError(f"stage {stage.name!r} is needed as input but has no finished result for this "
@@ -149,10 +150,9 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
             finally:
                 journal.close()
                 ctx.current_stage = "-"
-            done = read_records(entry.records_path, stage.record_type)
-            entry.mark_complete({"stage": stage.name, "records": len(done),
-                                 "failures": sum(1 for r in done if getattr(r, "failure", None))})
-    records = read_records(entry.records_path, stage.record_type)
+            records = read_records(entry.records_path, stage.record_type)
+            entry.mark_complete({"stage": stage.name, "records": len(records),
+                                 "failures": sum(1 for r in records if getattr(r, "failure", None))})
     ctx.outputs[stage.name] = records
     write_records(ctx.artifacts_dir / f"{stage.name}.jsonl", records)
     files = entry.dir / "files"

@@ -69,7 +69,7 @@ class LLMService:
         self.stage = "-"
         self.usage = Usage()
 
-    def _request(self, role: str, messages: list[ChatMessage], schema: type[BaseModel] | None, attempt: int,
+    def _request(self, role: str, messages: list[ChatMessage], schema: dict[str, Any] | None, attempt: int,
                  max_tokens: int | None) -> ChatRequest:
         b = self.roles[role]
         return ChatRequest(
@@ -79,7 +79,7 @@ class LLMService:
             temperature=b.temperature if attempt == 0 else max(b.temperature, 0.7),
             top_p=b.top_p,
             seed=self.seed + attempt,
-            response_schema=schema.model_json_schema() if schema else None,
+            response_schema=schema,
             max_tokens_per_field=b.max_tokens_per_field,
             enable_thinking=b.enable_thinking,
         )
@@ -118,12 +118,13 @@ class LLMService:
         """Ask, check each reply with `parse` (returns an Outcome or a failure reason), re-ask the rest."""
         results: list[Outcome[Any]] = [Outcome() for _ in conversations]
         pending = list(range(len(conversations)))
+        json_schema = schema.model_json_schema() if schema is not None else None  # once per batch, not per request
         for attempt in range(self.max_retries + 1):
             if not pending:
                 break
             if attempt:
                 self.usage.add(self.stage, role, "retries", len(pending))
-            reqs = [self._request(role, conversations[i], schema, attempt, max_tokens) for i in pending]
+            reqs = [self._request(role, conversations[i], json_schema, attempt, max_tokens) for i in pending]
             still = []
             for i, reply in zip(pending, self._complete(role, reqs)):
                 out = Outcome(failure=reply) if isinstance(reply, str) else parse(reply)
