@@ -49,12 +49,15 @@ class ModelSource(str, Enum):
 class PairPolicy(str, Enum):
     best_vs_initial = "best_vs_initial"
     best_vs_worst = "best_vs_worst"
+    all_improving = "all_improving"          # every trace entry that beats the initial one, against it
+    refusal_as_rejected = "refusal_as_rejected"  # chosen = best entry, rejected = a canned refusal
 
 
 class RiskDimension(str, Enum):
     category = "category"
     level = "level"
     intent = "intent"
+    follower = "follower"                    # posterior over follower types (benign/sensitive/malicious)
 
 
 def _r(ge: float | None = None, le: float | None = None, gt: float | None = None) -> dict[str, float]:
@@ -126,6 +129,10 @@ class StackelbergConfig:
     alpha: float = field(default=1.0, metadata=_r(ge=0.0))
     beta: float = field(default=1.0, metadata=_r(ge=0.0))
     gamma: float = field(default=0.0, metadata=_r(ge=0.0))
+    retention_by_type: dict[str, float] = field(
+        default_factory=lambda: {"benign": 1.0, "sensitive": 1.0, "malicious": 0.0})
+    risk_by_type: dict[str, float] = field(
+        default_factory=lambda: {"benign": 1.0, "sensitive": 1.0, "malicious": 2.0})
 
 
 @dataclass

@@ -82,3 +82,22 @@ def test_every_group_option_composes(compose_cfg) -> None:
             extra += ["model.path=/tmp/m"] if (group, f.stem) == ("model", "local_path") else []
             cfg = compose_cfg(f"{group}={f.stem}", *extra)
             validate_config(cfg, resolve=False)
+
+
+GROUP_OPTIONS = {
+    "stackelberg": ["off", "on"], "risk": ["full", "category_only", "no_follower_types"],
+    "lingo_bp": ["off", "one_step", "paper", "user_only", "developer_only", "safety_then_satisfaction"],
+    "pairs": ["best_vs_initial", "best_vs_worst", "all_improving", "refusal_as_rejected"],
+    "trainer": ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "deepspeed"],
+    "eval": ["quick", "full", "paper"], "llm": ["local", "openai", "dashscope_qwq"],
+}
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
+def test_every_group_option_composes_and_validates(compose_cfg, group: str, option: str) -> None:
+    from oyster_exp.schema import validate_config
+
+    cfg = compose_cfg(f"{group}={option}")
+    validate_config(cfg, resolve=False)
+    if group != "trainer":
+        assert cfg[group].name == option

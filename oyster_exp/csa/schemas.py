@@ -94,6 +94,7 @@ class RiskAssessment(BaseModel):
     level: str | None = None
     intent: str | None = None
     categories: list[dict[str, Any]] = Field(default_factory=list)   # [{name, score}] multi-label
+    follower_posterior: dict[str, float] | None = None                # p(theta|x) over benign/sensitive/malicious
 
 
 @lru_cache(maxsize=32)
