@@ -99,6 +99,7 @@ class LLMConfig:
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     max_retries: int = field(default=2, metadata=_r(ge=0))
     call_cache: bool = True
+    chunk_size: int = field(default=32, metadata=_r(ge=1))   # queries per service call inside a stage
     base_url: str | None = None           # remote backends: the server's /v1 root
     model: str | None = None              # remote backends: the served model name
 
