@@ -44,3 +44,19 @@ def openai_client(base_url: str, model: str, api_key_env: str | None = "OPENAI_A
                         progress=progress)
     return OpenAICompatClient(base_url, model, api_key_env=api_key_env, json_schema=json_schema,
                               thinking_param=thinking_param, engine=engine)
+
+
+def dashscope_client(model: str, api_key_env: str = "DASHSCOPE_API_KEY", base_url: str | None = None,
+                     json_mode: bool = False, stream: bool | None = None, thinking_budget: int | None = None,
+                     workspace: str | None = None, concurrency: int = 16, requests_per_minute: float | None = None,
+                     tokens_per_minute: float | None = None, max_attempts: int = 5, timeout_s: float = 300.0,
+                     progress: bool = False) -> Any:
+    """DashScope's native SDK behind our engine; raises `MissingAPIKey` now if the key variable is unset."""
+    from oyster_exp.llm.dashscope import DashScopeClient
+    from oyster_exp.llm.engine import CallEngine
+
+    engine = CallEngine(concurrency=concurrency, requests_per_minute=requests_per_minute,
+                        tokens_per_minute=tokens_per_minute, max_attempts=max_attempts, timeout_s=timeout_s,
+                        progress=progress)
+    return DashScopeClient(model, api_key_env=api_key_env, base_url=base_url, json_mode=json_mode, stream=stream,
+                           thinking_budget=thinking_budget, workspace=workspace, engine=engine)
