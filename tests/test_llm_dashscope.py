@@ -9,6 +9,7 @@ import logging
 import secrets
 import string
 import time
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -158,3 +159,46 @@ def test_fenced_json_is_cut_out_but_not_repaired() -> None:
     assert json_text('```json\n{"a": 1}\n```') == '{"a": 1}'
     assert json_text('Sure: {"a": 1}.') == '{"a": 1}'
     assert json_text("no json here") == "no json here"
+
+
+# llm=hybrid: the actor in-process on the base model, the judges and the editor on DashScope.
+HYBRID_KEY = "sk-" + "h" * 32
+
+
+def test_each_role_talks_to_its_own_backend(compose_cfg, tiny_model_dir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from oyster_exp.csa.schemas import UserJudgementReply
+    from oyster_exp.llm.build import build_service
+
+    monkeypatch.setenv("DASHSCOPE_API_KEY", HYBRID_KEY)
+    with serve(api_key=HYBRID_KEY) as (_, state):
+        cfg = compose_cfg("llm=hybrid", "model=tiny_random", f"llm.base_url={state.dashscope_url}",
+                          "llm.roles.actor.temperature=1.0")
+        svc = build_service(cfg, tmp_path)
+        backends = {role: b.client.backend for role, b in svc.roles.items()}
+        assert backends == {"actor": "local", "user_judge": "dashscope", "safety_judge": "dashscope",
+                            "editor": "dashscope"}
+        svc.stage = "test"
+        (answer,) = svc.text("actor", [[ChatMessage(role="user", content="hello")]])
+        assert state.requests == 0, "the actor must run in-process"
+        assert answer.failure is None or "empty" in answer.failure
+        (judged,) = svc.structured("user_judge", [[ChatMessage(role="user", content="rate this")]],
+                                   UserJudgementReply)
+        assert judged.value is not None and state.requests == 1
+        body = state.bodies[0]
+        assert body["model"] == "qwq-32b" and body["auth"] == f"Bearer {HYBRID_KEY}"
+        assert body["parameters"]["enable_thinking"] is True and body["parameters"]["temperature"] == 0.4
+        assert judged.reasoning == "thinking about it..."
+        usage = svc.usage.as_dict()["by_stage_role"]
+        assert usage["test/user_judge"]["calls"] == 1 and usage["test/actor"]["calls"] == 1
+
+
+def test_a_missing_key_names_the_role_and_the_variable(compose_cfg, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from oyster_exp.llm.build import build_service
+    from oyster_exp.pipeline import StageError
+
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    cfg = compose_cfg("llm=dashscope_qwq", "model=tiny_random")
+    with pytest.raises(StageError, match=r"llm\.roles\.actor\.client: .*DASHSCOPE_API_KEY"):
+        build_service(cfg, tmp_path)

@@ -10,11 +10,27 @@ from oyster_exp.llm.cache import CallCache
 from oyster_exp.llm.service import LLMService, RoleBinding
 
 
+def _client(name: str, node: DictConfig) -> object:
+    """Instantiate one role's client; a missing API key is a one-line error naming the role and variable."""
+    from oyster_exp.llm.dashscope import MissingAPIKey
+    from oyster_exp.pipeline import StageError
+
+    try:
+        return instantiate(node)
+    except Exception as e:  # noqa: BLE001 - hydra wraps the client's own error; find ours in the chain
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, MissingAPIKey):
+            cause = cause.__cause__
+        if cause is not None:
+            raise StageError(f"llm.roles.{name}.client: {cause}") from None
+        raise
+
+
 def build_service(cfg: DictConfig, cache_root: Path) -> LLMService:
     roles = {}
     for name, role in cfg.llm.roles.items():
         roles[str(name)] = RoleBinding(
-            client=instantiate(role.client),
+            client=_client(str(name), role.client),
             temperature=float(role.temperature),
             top_p=float(role.top_p),
             max_tokens=int(role.max_tokens),
