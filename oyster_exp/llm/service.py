@@ -109,8 +109,8 @@ class LLMService:
                 if isinstance(reply, ChatResponse):
                     self.usage.add(self.stage, role, "prompt_tokens", reply.usage.prompt_tokens)
                     self.usage.add(self.stage, role, "completion_tokens", reply.usage.completion_tokens)
-                    if self.cache is not None:
-                        self.cache.put(keys[i], reply)
+                    if self.cache is not None:  # another process may have stored it first: use that one
+                        out[i] = self.cache.put(keys[i], reply)
         return out  # type: ignore[return-value]
 
     def _attempts(self, role: str, conversations: list[list[ChatMessage]], schema: type[BaseModel] | None,
