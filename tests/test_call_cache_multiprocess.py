@@ -14,10 +14,11 @@ KEYS = [f"key-{i:03d}" for i in range(150)]
 PROCS = 4
 
 
-def _worker(path: str, who: int, cache: CallCache | None, out: mp.Queue) -> None:
+def _worker(path: str, who: int, cache: CallCache | None, start: object, out: mp.Queue) -> None:
     """Put every key (in its own order, with its own value), read back a random earlier key in between."""
     try:
         cache = cache or CallCache(Path(path))
+        start.wait(timeout=120)  # type: ignore[attr-defined] - every writer starts together
         rng = random.Random(who)
         order = KEYS[:]
         rng.shuffle(order)
@@ -42,7 +43,8 @@ def test_concurrent_writers_agree_and_lose_nothing(tmp_path: Path, method: str) 
         inherited = CallCache(path)
         inherited.put("parent", ChatResponse(content="parent"))
     out: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(path), who, inherited, out)) for who in range(PROCS)]
+    start = ctx.Barrier(PROCS)
+    procs = [ctx.Process(target=_worker, args=(str(path), who, inherited, start, out)) for who in range(PROCS)]
     for p in procs:
         p.start()
     results = [out.get(timeout=120) for _ in procs]
