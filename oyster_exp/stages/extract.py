@@ -1,4 +1,8 @@
-"""extract: the four-node safety chain, read out of the actor's reasoning."""
+"""extract: the four-node safety chain, read out of the actor's reasoning.
+
+`llm.chunk_size` records per service call (micro-batched locally, concurrent remotely); each
+record is journaled on its own, in input order, so resume skips finished ids.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -10,22 +14,26 @@ from oyster_exp.csa.schemas import ChainReply
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline import RunContext, Stage
 from oyster_exp.records import ChainRecord
+from oyster_exp.stages.generate import chunks
 
 
 class ExtractStage(Stage):
     name = "extract"
     record_type = ChainRecord
     inputs = ("generate",)
-    config_keys = ("llm.roles.editor", "llm.max_retries", "seed")
+    config_keys = ("llm.roles.editor", "llm.max_retries", "seed")  # chunk_size: see GenerateStage
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
-        for g in inputs["generate"]:
-            if g.id in journal:
-                continue
-            if g.failure:
-                journal.append(ChainRecord(id=g.id, failure=f"upstream: {g.failure}"))
-                continue
-            conv = [ChatMessage(role="user", content=render("extract", g.language, query=g.query, think=g.think))]
-            out = ctx.service.structured("editor", [conv], ChainReply)[0]
-            chain = SafetyChain(**out.value.model_dump()) if out.value else None
-            journal.append(ChainRecord(id=g.id, chain=chain, failure=out.failure if chain is None else None))
+        todo = [g for g in inputs["generate"] if g.id not in journal]
+        for batch in chunks(todo, ctx.cfg.llm.chunk_size):
+            ask = [g for g in batch if not g.failure]
+            convs = [[ChatMessage(role="user", content=render("extract", g.language, query=g.query, think=g.think))]
+                     for g in ask]
+            outs = dict(zip((g.id for g in ask), ctx.service.structured("editor", convs, ChainReply) if ask else []))
+            for g in batch:
+                if g.failure:
+                    journal.append(ChainRecord(id=g.id, failure=f"upstream: {g.failure}"))
+                    continue
+                out = outs[g.id]
+                chain = SafetyChain(**out.value.model_dump()) if out.value else None
+                journal.append(ChainRecord(id=g.id, chain=chain, failure=out.failure if chain is None else None))

@@ -1,4 +1,9 @@
-"""generate: the actor's initial reasoning (think) and response per training query."""
+"""generate: the actor's initial reasoning (think) and response per training query.
+
+Queries go to the service `llm.chunk_size` at a time (the local backend micro-batches them,
+remote backends run them concurrently); records are still journaled one by one, so a killed
+run resumes after the last finished query.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -9,25 +14,29 @@ from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline import RunContext, Stage
 from oyster_exp.records import GenerationRecord, QueryRecord
 
-BATCH = 8
-
 
 def user_turn(q: QueryRecord, system_prompt: str) -> list[ChatMessage]:
     msgs = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
     return msgs + [ChatMessage(role="user", content=q.query)]
 
 
+def chunks(items: list[Any], size: int) -> list[list[Any]]:
+    size = max(1, int(size))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 class GenerateStage(Stage):
     name = "generate"
     record_type = GenerationRecord
     inputs = ("queries",)
+    # llm.chunk_size is left out on purpose: a reply depends on its request (and seed) only, not on
+    # which requests shared its batch, so changing the chunk size reuses the cached stage.
     config_keys = ("llm.roles.actor", "llm.max_retries", "data.system_prompt", "seed")
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         todo = [q for q in inputs["queries"] if q.split == "train" and q.id not in journal]
         sp = str(ctx.cfg.data.system_prompt or "")
-        for start in range(0, len(todo), BATCH):
-            batch: list[QueryRecord] = todo[start:start + BATCH]
+        for batch in chunks(todo, ctx.cfg.llm.chunk_size):
             answers = ctx.service.text("actor", [user_turn(q, sp) for q in batch])
             # A thinking backend returns its reasoning with the answer; otherwise ask for it separately.
             need_think = [i for i, a in enumerate(answers) if a.failure is None and not a.reasoning]
