@@ -149,6 +149,7 @@ def finish_loggers(loggers: list[object], ok: bool) -> None:
 
 def run(cfg: DictConfig) -> None:
     from oyster_exp.llm.factory import clear_local_clients
+    from oyster_exp.llm.usage_report import log_run_usage
     from oyster_exp.manifest import write_manifest
     from oyster_exp.pipeline import RunContext, StageError, run_pipeline
     from oyster_exp.stages import default_stages
@@ -172,6 +173,7 @@ def run(cfg: DictConfig) -> None:
         raise
     finally:
         write_manifest(ctx, status, started)
+        log_run_usage(ctx)  # LLM calls/tokens/failures/retries per stage and role into the W&B run
         finish_loggers(ctx.loggers, status == "completed")
         clear_local_clients()
 

@@ -19,8 +19,8 @@ from oyster_exp.llm.cache import CallCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
-COUNTER_KEYS = ("calls", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens",
-                "structured_requests", "structured_valid")
+COUNTER_KEYS = ("calls", "cache_hits", "failures", "retries", "transport_retries", "prompt_tokens",
+                "completion_tokens", "structured_requests", "structured_valid")
 
 
 @dataclass
@@ -98,11 +98,15 @@ class LLMService:
             else:
                 misses.append(i)
         if misses:
+            engine = getattr(client, "engine", None)  # remote backends: count the engine's transport retries
+            retries_before = engine.stats.retries if engine is not None else 0
             try:
                 replies: list[ChatResponse | str] = list(client.chat_batch([requests[i] for i in misses]))
             except Exception as e:  # noqa: BLE001 - a backend failure is recorded, not raised
                 log.warning("%s/%s: backend error: %s", self.stage, role, e)
                 replies = [f"backend error: {type(e).__name__}: {e}"] * len(misses)
+            if engine is not None:
+                self.usage.add(self.stage, role, "transport_retries", engine.stats.retries - retries_before)
             for i, reply in zip(misses, replies):
                 self.usage.add(self.stage, role, "calls")
                 out[i] = reply
