@@ -37,7 +37,7 @@ def key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _client(url: str, **kw) -> DashScopeClient:
-    engine_kw = {"concurrency": 8, "max_attempts": 3, "backoff_base_s": 0.01, "timeout_s": 5.0}
+    engine_kw = {"concurrency": 8, "max_attempts": 3, "backoff_base_s": 0.01, "timeout_s": 5.0, "progress": False}
     engine_kw.update({k: kw.pop(k) for k in list(kw) if k in engine_kw})
     return DashScopeClient("qwq-32b", api_key_env=ENV, base_url=url, engine=CallEngine(**engine_kw), **kw)
 
@@ -202,3 +202,14 @@ def test_a_missing_key_names_the_role_and_the_variable(compose_cfg, tmp_path: Pa
     cfg = compose_cfg("llm=dashscope_qwq", "model=tiny_random")
     with pytest.raises(StageError, match=r"llm\.roles\.actor\.client: .*DASHSCOPE_API_KEY"):
         build_service(cfg, tmp_path)
+
+
+def test_progress_bar_shows_eta_rate_tokens_failures_and_retries(key: str, capsys: pytest.CaptureFixture) -> None:
+    with serve(api_key=key, faults=Faults(script=("500", "ok", "401"))) as (_, state):
+        client = _client(state.dashscope_url, concurrency=1, progress=True)
+        out = client.chat_batch([_req("a"), _req("b")])
+    assert isinstance(out[0], ChatResponse) and isinstance(out[1], str)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("dashscope qwq-32b: 100%") and "2/2" in last
+    assert "<00:00" in last and "call/s" in last            # elapsed<ETA and the call rate
+    assert "failures=1" in last and "retries=1" in last and "tok=" in last and "tok_s=" in last

@@ -55,6 +55,7 @@ class DashScopeClient:
         self.thinking_budget = thinking_budget
         self.workspace = workspace
         self.engine = engine or CallEngine()
+        self.engine.label = self.engine.label or f"dashscope {model}"
 
     def __repr__(self) -> str:  # no key, ever
         return f"DashScopeClient(model={self.model_id!r}, base_url={self.base_url!r})"

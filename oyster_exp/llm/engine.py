@@ -73,6 +73,7 @@ class CallEngine:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     progress: bool = False
+    label: str = ""                 # the progress bar's description (backend and model)
     seed: int = 0
     stats: EngineStats = field(default_factory=EngineStats)
 
@@ -88,7 +89,11 @@ class CallEngine:
         rpm, tpm = TokenBucket(self.requests_per_minute), TokenBucket(self.tokens_per_minute)
         rng = random.Random(self.seed)
         results: list[ChatResponse | str] = [""] * len(calls)
-        bar = _progress(len(calls)) if self.progress else None
+        bar = _progress(len(calls), self.label) if self.progress else None
+        # the bar shows this batch (the stats accumulate over the engine's life)
+        t0 = time.monotonic()
+        base_failures, base_retries = self.stats.failures, self.stats.retries
+        base_tokens = self.stats.prompt_tokens + self.stats.completion_tokens
 
         async def one(i: int) -> None:
             async with sem:
@@ -117,9 +122,11 @@ class CallEngine:
                     key = str(results[i]).split(":")[-1].strip()[:60]
                     self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
                 if bar is not None:
+                    tokens = self.stats.prompt_tokens + self.stats.completion_tokens - base_tokens
+                    bar.set_postfix(failures=self.stats.failures - base_failures,
+                                    retries=self.stats.retries - base_retries, tok=tokens,
+                                    tok_s=round(tokens / max(time.monotonic() - t0, 1e-6)), refresh=False)
                     bar.update(1)
-                    bar.set_postfix(failures=self.stats.failures,
-                                    tok=self.stats.prompt_tokens + self.stats.completion_tokens)
 
         try:
             await asyncio.gather(*(one(i) for i in range(len(calls))))
@@ -133,7 +140,8 @@ class CallEngine:
         return asyncio.run(self.run(calls))
 
 
-def _progress(total: int) -> Any:
+def _progress(total: int, label: str = "") -> Any:
+    """tqdm's own fields give elapsed<ETA and calls/s; the postfix adds failures, retries, tokens, tokens/s."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="call", dynamic_ncols=True, smoothing=0.1)
+    return tqdm(total=total, desc=label or None, unit="call", dynamic_ncols=True, smoothing=0.1)

@@ -56,6 +56,7 @@ class OpenAICompatClient:
         self.json_schema = json_schema
         self.thinking_param = thinking_param
         self.engine = engine or CallEngine()
+        self.engine.label = self.engine.label or f"openai {model}"
         self.headers = dict(headers or {})
 
     def _headers(self) -> dict[str, str]:
