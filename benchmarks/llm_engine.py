@@ -6,7 +6,9 @@ flight), both against the same loopback server with 200 ms latency.
 
 Each side runs in its own subprocess (its own time and peak memory); runs alternate ours/reference.
 The reference needs 0.5 s per launch whatever the server does, so it gets fewer calls by default
-(--reference-calls); its rate is steady long before that.
+(--reference-calls); its rate is steady long before that. A third side runs the same calls through
+our DashScope client (the real dashscope SDK, native protocol; thinking replies streamed as SSE)
+against the loopback server's DashScope route (`dashscope_*` fields).
 """
 from __future__ import annotations
 
@@ -33,6 +35,26 @@ def run_ours(url: str, calls: int, concurrency: int) -> dict:
     out = client.chat_batch(reqs)
     dt = time.perf_counter() - t0
     ok = sum(isinstance(o, ChatResponse) for o in out)
+    return {"calls": calls, "ok": ok, "seconds": dt, "calls_per_s": ok / dt}
+
+
+def run_dashscope(url: str, calls: int, concurrency: int, thinking: bool) -> dict:
+    import os
+
+    from oyster_exp.llm.base import ChatMessage, ChatRequest, ChatResponse
+    from oyster_exp.llm.dashscope import DashScopeClient
+    from oyster_exp.llm.engine import CallEngine
+
+    os.environ.setdefault("OYSTER_BENCH_DASHSCOPE_KEY", "sk-" + "b" * 32)  # the loopback checks no key here
+    native = url[: -len("/v1")] + "/api/v1"
+    client = DashScopeClient("bench", api_key_env="OYSTER_BENCH_DASHSCOPE_KEY", base_url=native,
+                             engine=CallEngine(concurrency=concurrency, max_attempts=3, timeout_s=30))
+    reqs = [ChatRequest(messages=[ChatMessage(role="user", content=f"q{i}")], max_tokens=16,
+                        enable_thinking=thinking) for i in range(calls)]
+    t0 = time.perf_counter()
+    out = client.chat_batch(reqs)
+    dt = time.perf_counter() - t0
+    ok = sum(isinstance(o, ChatResponse) and (o.reasoning != "") == thinking for o in out)
     return {"calls": calls, "ok": ok, "seconds": dt, "calls_per_s": ok / dt}
 
 
@@ -76,7 +98,7 @@ def _child(side: str, url: str, calls: int, concurrency: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--side", choices=["ours", "reference"])
+    ap.add_argument("--side", choices=["ours", "reference", "dashscope", "dashscope_sse"])
     ap.add_argument("--url")
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--reference-calls", type=int, default=60)
@@ -85,7 +107,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     if a.side:
-        res = run_ours(a.url, a.calls, a.concurrency) if a.side == "ours" else run_reference(a.url, a.calls)
+        if a.side.startswith("dashscope"):
+            res = run_dashscope(a.url, a.calls, a.concurrency, thinking=a.side == "dashscope_sse")
+        else:
+            res = run_ours(a.url, a.calls, a.concurrency) if a.side == "ours" else run_reference(a.url, a.calls)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
@@ -93,16 +118,21 @@ def main() -> None:
                               stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().strip()  # type: ignore[union-attr]
-        ours, ref = [], []
+        ours, ref, ds, sse = [], [], [], []
         for _ in range(a.repeats):  # alternate the sides
             ours.append(_child("ours", url, a.calls, a.concurrency))
             ref.append(_child("reference", url, a.reference_calls, a.concurrency))
-            print(json.dumps({"ours": ours[-1], "reference": ref[-1]}), file=sys.stderr)
+            ds.append(_child("dashscope", url, a.calls, a.concurrency))
+            sse.append(_child("dashscope_sse", url, a.calls, a.concurrency))
+            print(json.dumps({"ours": ours[-1], "reference": ref[-1], "dashscope": ds[-1], "dashscope_sse": sse[-1]}),
+                  file=sys.stderr)
     finally:
         server.terminate()
     o = statistics.median(r["calls_per_s"] for r in ours)
     r = statistics.median(x["calls_per_s"] for x in ref)
     ideal = a.concurrency / a.latency
+    d = statistics.median(x["calls_per_s"] for x in ds)
+    d_sse = statistics.median(x["calls_per_s"] for x in sse)
     print(json.dumps({
         "benchmark": "llm_engine", "calls": a.calls, "reference_calls": a.reference_calls,
         "concurrency": a.concurrency, "latency_s": a.latency, "repeats": a.repeats,
@@ -111,6 +141,10 @@ def main() -> None:
         "ours_failures": sum(x["calls"] - x["ok"] for x in ours),
         "ours_peak_rss_mb": round(max(x["peak_rss_mb"] for x in ours), 1),
         "reference_peak_rss_mb": round(max(x["peak_rss_mb"] for x in ref), 1),
+        "dashscope_calls_per_s": round(d, 2), "dashscope_efficiency": round(d / ideal, 3),
+        "dashscope_sse_calls_per_s": round(d_sse, 2), "dashscope_sse_efficiency": round(d_sse / ideal, 3),
+        "dashscope_failures": sum(x["calls"] - x["ok"] for x in ds + sse),
+        "dashscope_peak_rss_mb": round(max(x["peak_rss_mb"] for x in ds + sse), 1),
     }))
 
 

@@ -300,7 +300,8 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     args = ap.parse_args()
     with serve(latency_s=args.latency, keep_bodies=False) as (url, state):
-        print(url, state.dashscope_url, flush=True)
+        print(url, flush=True)              # line 1: the OpenAI-compatible root
+        print(state.dashscope_url, flush=True)  # line 2: the DashScope native root
         threading.Event().wait()
 
 
