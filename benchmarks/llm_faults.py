@@ -2,6 +2,8 @@
 (429 with Retry-After, 500, dropped connections, 5 s stalls, truncated or invalid JSON).
 
     .venv/bin/python benchmarks/llm_faults.py           # prints one JSON line last; exit 0 when nothing is lost
+    .venv/bin/python benchmarks/llm_faults.py --backend dashscope      # the same through the real dashscope SDK
+    .venv/bin/python benchmarks/llm_faults.py --backend dashscope_sse  # ... as thinking calls, streamed (SSE)
 
 Every outcome is written through the journal (which refuses a second record with the same id), so
 `lost` and `duplicated` are counted on what would reach disk.
@@ -42,14 +44,25 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--backend", choices=["openai", "dashscope", "dashscope_sse"], default="openai")
     a = ap.parse_args()
     faults = Faults(rate_429=0.05, rate_500=0.04, rate_drop=0.03, rate_hang=0.02, rate_truncated=0.03,
                     rate_malformed=0.03, retry_after_s=0.2, hang_s=5.0)
     with serve(latency_s=a.latency, faults=faults, seed=7, keep_bodies=False) as (url, state), \
             tempfile.TemporaryDirectory() as tmp:
         engine = CallEngine(concurrency=a.concurrency, max_attempts=6, timeout_s=2.0, backoff_base_s=0.1)
-        svc = LLMService({"judge": RoleBinding(client=OpenAICompatClient(url, "bench", api_key_env=None,
-                                                                         engine=engine))}, max_retries=1)
+        if a.backend == "openai":
+            client = OpenAICompatClient(url, "bench", api_key_env=None, engine=engine)
+        else:
+            import os
+
+            from oyster_exp.llm.dashscope import DashScopeClient
+
+            os.environ.setdefault("OYSTER_BENCH_DASHSCOPE_KEY", "sk-" + "b" * 32)  # the loopback checks none here
+            client = DashScopeClient("bench", api_key_env="OYSTER_BENCH_DASHSCOPE_KEY", base_url=state.dashscope_url,
+                                     engine=engine)
+        binding = RoleBinding(client=client, enable_thinking=a.backend == "dashscope_sse")
+        svc = LLMService({"judge": binding}, max_retries=1)
         convs = [[ChatMessage(role="user", content=f"request {i}")] for i in range(a.requests)]
         t0 = time.perf_counter()
         outs = svc.structured("judge", convs, Verdict)
@@ -64,7 +77,7 @@ def main() -> int:
     succeeded = sum(r.ok for r in recs)
     failed = sum(1 for r in recs if not r.ok and r.failure)
     result = {
-        "benchmark": "llm_faults", "requests": a.requests, "succeeded": succeeded, "failed_with_reason": failed,
+        "benchmark": "llm_faults", "backend": a.backend, "requests": a.requests, "succeeded": succeeded, "failed_with_reason": failed,
         "lost": a.requests - len(set(ids)) + sum(1 for r in recs if not r.ok and not r.failure),
         "duplicated": len(ids) - len(set(ids)), "server_requests": server_requests,
         "engine_retries": engine.stats.retries, "fault_rate": 0.20, "seconds": round(seconds, 2),
