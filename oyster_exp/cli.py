@@ -37,11 +37,12 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("oyster.root", project_root)
         OmegaConf.register_new_resolver("oyster.wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("oyster.sweep_group"):
-        from oyster_exp.sweep_arm import gpus_per_node, wandb_group, wandb_job_type
+        from oyster_exp.sweep_arm import gpus_per_node, sqlite_url, wandb_group, wandb_job_type
 
         OmegaConf.register_new_resolver("oyster.sweep_group", wandb_group)
         OmegaConf.register_new_resolver("oyster.arm_job_type", wandb_job_type)
         OmegaConf.register_new_resolver("oyster.gpus_per_node", gpus_per_node)
+        OmegaConf.register_new_resolver("oyster.sqlite_url", sqlite_url)
 
 
 register_configs()

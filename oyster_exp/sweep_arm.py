@@ -31,6 +31,7 @@ from oyster_exp.artifacts import stable_hash
 log = logging.getLogger(__name__)
 
 LEDGER = "ledger.jsonl"
+COMMAND_OVERRIDES = "command_overrides.yaml"   # the sweep's command line, written by the SweepReport callback
 # what a skipped arm copies from the run that finished it (the trained model stays where it is)
 COPIED = ("results.json", "report.md", "plots", "artifacts", "csv", "config_tree.txt")
 # test-only fault injection (documented in README "Run a sweep"): "STAGE:OVERRIDE", e.g. "train:objective.beta=0.1"
@@ -67,7 +68,9 @@ def arm_label(overrides: list[str] | None = None, sweep: Path | None = None) -> 
     overrides = arm_overrides() if overrides is None else overrides
     sweep = sweep_dir() if sweep is None else sweep
     common: set[str] = set()
-    if sweep is not None and (sweep / "multirun.yaml").exists():
+    if sweep is not None and (sweep / COMMAND_OVERRIDES).exists():
+        common = set(OmegaConf.load(sweep / COMMAND_OVERRIDES))
+    elif sweep is not None and (sweep / "multirun.yaml").exists():   # sweeps from before the callback
         mr = OmegaConf.load(sweep / "multirun.yaml")
         common = set(OmegaConf.select(mr, "hydra.overrides.task", default=[]) or [])
     common_norm = {_normalise(o) for o in common}
@@ -105,6 +108,14 @@ def gpus_per_node(devices: Any) -> int:
         raise ValueError(f"trainer.devices={devices!r}: hydra/launcher=slurm needs a number of GPUs per node "
                          f"(e.g. trainer.devices=8)")
     return int(devices)
+
+
+def sqlite_url(path: str) -> str:
+    """`sqlite:///PATH` with PATH's directory created: sqlite does not create it, and Optuna opens the study
+    before any job has made the output tree."""
+    p = Path(path).expanduser().resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p}"
 
 
 def arm_key(cfg: DictConfig) -> str:
@@ -206,8 +217,14 @@ def _limit_threads() -> None:
         torch.set_num_threads(int(n))
 
 
-def run_arm(cfg: DictConfig, runner: Callable[[DictConfig], float | None]) -> float:
-    """Run one arm, record it, and return its objective value (NaN when it failed), never raising.
+def _returned(value: float) -> float | None:
+    """None for a failed arm or a missing objective: Optuna's sweeper then marks the trial failed (a NaN
+    return makes hydra-optuna-sweeper 1.3 crash the study on optuna 2.10)."""
+    return value if math.isfinite(value) else None
+
+
+def run_arm(cfg: DictConfig, runner: Callable[[DictConfig], float | None]) -> float | None:
+    """Run one arm, record it, and return its objective value (None when it failed), never raising.
 
     With `sweep.fail_fast=true` a failed arm raises again after it was recorded (Hydra's own behaviour).
     """
@@ -231,7 +248,7 @@ def run_arm(cfg: DictConfig, runner: Callable[[DictConfig], float | None]) -> fl
         append_ledger(sweep, entry)
         _annotate_manifest(arm_dir, entry)
         log.info("arm %s skipped: %s", base["label"], manifest["reason"])
-        return value
+        return _returned(value)
     _limit_threads()
     t0 = time.time()
     status, reason, error = "completed", None, None
@@ -254,7 +271,7 @@ def run_arm(cfg: DictConfig, runner: Callable[[DictConfig], float | None]) -> fl
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if error is not None and cfg.sweep.fail_fast:
         raise error
-    return value
+    return _returned(value)
 
 
 def _manifest_status(arm_dir: Path) -> str:

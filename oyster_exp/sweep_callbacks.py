@@ -28,7 +28,16 @@ class SweepReport(Callback):
         self.enabled = enabled
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Keep the sweep's command line: an arm's label is what it overrides beyond it (every sweeper,
+        Optuna's included, which writes no multirun.yaml)."""
+        from omegaconf import OmegaConf
+
+        from oyster_exp.sweep_arm import COMMAND_OVERRIDES
+
         _FAILED["arms"] = 0
+        sweep = Path(str(config.hydra.sweep.dir))
+        sweep.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(list(config.hydra.overrides.task)), sweep / COMMAND_OVERRIDES)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from oyster_exp.reporting.aggregate import write_sweep_report
