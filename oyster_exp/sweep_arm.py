@@ -208,10 +208,25 @@ def _annotate_manifest(arm_dir: Path, arm: dict[str, Any]) -> None:
     _write_json_atomic(path, data)
 
 
+def parallel_launcher() -> bool:
+    """True under hydra/launcher=joblib: several arms share this machine's cores at once."""
+    hc = _hydra()
+    return hc is not None and "joblib" in str(OmegaConf.select(hc, "launcher._target_", default="")).lower()
+
+
 def _limit_threads() -> None:
-    """Honour OMP_NUM_THREADS in a reused worker process where torch was imported by an earlier job."""
-    n = os.environ.get("OMP_NUM_THREADS")
-    if n and n.isdigit():
+    """One OpenMP/MKL thread per arm under the joblib launcher (unless OMP_NUM_THREADS says otherwise).
+
+    Several torch processes with the default thread count oversubscribe the cores (measured 5-100x
+    slower). The plugin's own `hydra/launcher=joblib` config is used as is; setting the variables here
+    also covers a reused worker process where torch was already imported by an earlier arm.
+    """
+    if not parallel_launcher():
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    n = os.environ["OMP_NUM_THREADS"]
+    if n.isdigit():
         import torch
 
         torch.set_num_threads(int(n))
