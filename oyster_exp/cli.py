@@ -36,6 +36,13 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("oyster.root"):
         OmegaConf.register_new_resolver("oyster.root", project_root)
         OmegaConf.register_new_resolver("oyster.wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("oyster.sweep_group"):
+        from oyster_exp.sweep_arm import gpus_per_node, sqlite_url, wandb_group, wandb_job_type
+
+        OmegaConf.register_new_resolver("oyster.sweep_group", wandb_group)
+        OmegaConf.register_new_resolver("oyster.arm_job_type", wandb_job_type)
+        OmegaConf.register_new_resolver("oyster.gpus_per_node", gpus_per_node)
+        OmegaConf.register_new_resolver("oyster.sqlite_url", sqlite_url)
 
 
 register_configs()
@@ -147,7 +154,8 @@ def finish_loggers(loggers: list[object], ok: bool) -> None:
         pass
 
 
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> float:
+    """Run the stage graph; return the report headline named by `sweep.objective` (Optuna's objective)."""
     from oyster_exp.llm.factory import clear_local_clients
     from oyster_exp.llm.usage_report import log_run_usage
     from oyster_exp.manifest import write_manifest
@@ -161,7 +169,9 @@ def run(cfg: DictConfig) -> None:
     status = "failed"
     try:
         ctx.loggers = build_loggers(cfg)
-        run_pipeline(ctx, default_stages())
+        from oyster_exp.sweep_arm import arm_overrides, inject_test_fault, objective_value
+
+        run_pipeline(ctx, inject_test_fault(default_stages(), arm_overrides()))
         status = "completed"
         log.info("run complete: %s", run_dir)
     except StageError as e:
@@ -176,22 +186,47 @@ def run(cfg: DictConfig) -> None:
         log_run_usage(ctx)  # LLM calls/tokens/failures/retries per stage and role into the W&B run
         finish_loggers(ctx.loggers, status == "completed")
         clear_local_clients()
+    return objective_value(run_dir, str(cfg.sweep.objective))
+
+
+def _validated(cfg: DictConfig) -> DictConfig:
+    try:
+        validate_config(cfg, resolve=True)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. an interpolation that cannot resolve
+        raise ConfigError("config", one_line(e)) from None
+    return cfg
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> float | None:
+    from oyster_exp.sweep_arm import is_multirun, run_arm
+
+    if is_multirun() and not cfg.dry_run:  # an arm records its failure (config errors too); the sweep goes on
+        return run_arm(cfg, lambda c: run(_validated(c)))
     try:
         validate_config(cfg, resolve=True)
     except ConfigError as e:
         config_fail(str(e))
     except Exception as e:  # noqa: BLE001 - e.g. an interpolation that cannot resolve
         config_fail(one_line(e))
-    run(cfg)
+    if cfg.dry_run:
+        from oyster_exp.dry_run import dry_run
+
+        return dry_run(cfg)
+    return run(cfg)
 
 
 def main() -> None:
     precheck(sys.argv[1:])
     _app()
+    from oyster_exp.sweep_callbacks import failed_arms
+
+    if failed_arms():
+        print(f"oyster-exp: {failed_arms()} arm(s) of the sweep failed; see ledger.jsonl in the sweep directory",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

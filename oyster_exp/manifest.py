@@ -1,5 +1,13 @@
 """`manifest.json`: what a run was (commit, versions, config and input hashes, seed) and what it
-cost (LLM calls and cache hits, records and failures per stage)."""
+cost (LLM calls and cache hits, records and failures per stage).
+
+LLM cost is split in two because the two parts behave differently across the arms of a sweep:
+`llm_calls` counts the data-engine stages (generate, assess, extract, optimize), which a sweep over a
+training-only knob serves from the stage cache after the first arm (0 calls); `eval_llm_calls` counts the
+evaluate stage (the model under test answering, and the judges scoring it), which is new work for every
+arm that trains a different model. `tokens_in`/`tokens_out` are the data-engine tokens, `eval_tokens_*`
+the evaluation's.
+"""
 from __future__ import annotations
 
 import json
@@ -49,10 +57,24 @@ def config_hash(cfg: DictConfig) -> str:
     return stable_hash(data)
 
 
+EVAL_STAGES = ("evaluate",)   # stages whose LLM calls are counted as evaluation, not data engine
+
+
+def split_usage(by_stage_role: dict[str, dict[str, int]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(data-engine totals, evaluation totals) from the service's "stage/role" counters."""
+    engine: dict[str, int] = {}
+    evaluation: dict[str, int] = {}
+    for key, counts in by_stage_role.items():
+        target = evaluation if key.split("/", 1)[0] in EVAL_STAGES else engine
+        for k, v in counts.items():
+            target[k] = target.get(k, 0) + int(v)
+    return engine, evaluation
+
+
 def build_manifest(ctx: RunContext, status: str, started: float) -> dict[str, Any]:
     usage = ctx.service.usage.as_dict() if ctx.service_started else {"total": {}, "by_stage_role": {}}
-    total = usage["total"]
-    requests = total.get("structured_requests", 0)
+    total, ev = split_usage(usage["by_stage_role"])
+    requests = usage["total"].get("structured_requests", 0)
     return {
         "status": status,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
@@ -71,9 +93,15 @@ def build_manifest(ctx: RunContext, status: str, started: float) -> dict[str, An
             "llm_retries": total.get("retries", 0),
             "tokens_in": total.get("prompt_tokens", 0),
             "tokens_out": total.get("completion_tokens", 0),
+            "eval_llm_calls": ev.get("calls", 0),
+            "eval_llm_cache_hits": ev.get("cache_hits", 0),
+            "eval_llm_failures": ev.get("failures", 0),
+            "eval_tokens_in": ev.get("prompt_tokens", 0),
+            "eval_tokens_out": ev.get("completion_tokens", 0),
             "structured_requests": requests,
-            "structured_valid_first_try": total.get("structured_valid", 0),
-            "structured_valid_rate": round(total.get("structured_valid", 0) / requests, 4) if requests else None,
+            "structured_valid_first_try": usage["total"].get("structured_valid", 0),
+            "structured_valid_rate": round(usage["total"].get("structured_valid", 0) / requests, 4) if requests
+            else None,
             "records": {k: v["records"] for k, v in ctx.stats.items() if "records" in v},
             "failures": {k: v["failures"] for k, v in ctx.stats.items() if "failures" in v},
             "stage_cache": {k: v["cache"] for k, v in ctx.stats.items() if "cache" in v},

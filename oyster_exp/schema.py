@@ -81,6 +81,8 @@ class ModelConfig:
     dtype: str = "float32"
     tiny_hidden: int = field(default=64, metadata=_r(ge=8))
     tiny_layers: int = field(default=2, metadata=_r(ge=1))
+    architecture: Any = None              # transformers config kwargs (model_type, hidden_size, ...): dry runs
+                                          # build the model on the meta device from it, without weights
 
 
 @dataclass
@@ -206,6 +208,14 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    name: str | None = None               # the study (sweeps/NAME.yaml); names the W&B group
+    objective: str = "trained/constructive@beta=2"   # report headline key a job returns (Optuna maximises it)
+    skip_finished: bool = True            # multirun: an arm whose config already finished is skipped on a rerun
+    fail_fast: bool = False               # multirun: stop the sweep at the first failed arm (Hydra's behaviour)
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -227,7 +237,8 @@ class Config:
     print_config: bool = True
     experiment: Any = None                # set by experiment presets (name only)
     debug: Any = None
-    sweep: Any = None
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    dry_run: bool = False                 # build every object on the meta device, print estimates, run nothing
 
 
 STAGES = ("queries", "generate", "assess", "extract", "optimize", "pairs", "train", "evaluate", "report")
