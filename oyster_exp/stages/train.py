@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,11 @@ class TrainStage(Stage):
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         import lightning as L
 
-        from oyster_exp.training.callbacks import (
-            AtomicLastCheckpoint, SampleGenerationTable, WandbRunIdBesideCheckpoint, point_wandb_at, stored_wandb_id,
-        )
+        from oyster_exp.training.callbacks import SampleGenerationTable
         from oyster_exp.training.data import PreferenceDataModule
         from oyster_exp.training.models import LoraSettings
         from oyster_exp.training.module import PreferenceModule
-        from oyster_exp.training.run import build_trainer, fit_preference_model, last_checkpoint
+        from oyster_exp.training.run import train_and_export
 
         cfg = ctx.cfg
         tcfg = cfg.training
@@ -88,29 +85,17 @@ class TrainStage(Stage):
             batch_size=int(tcfg.batch_size), length_bucketing=bool(tcfg.length_bucketing),
             seed=int(cfg.seed), cache_dir=cache_dir,
         )
-        ckpt_dir = entry.dir / CKPT_SUBDIR
-        resume = str(getattr(tcfg.resume, "value", tcfg.resume))
-        if resume == "never" and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)
-        ckpt_path = last_checkpoint(ckpt_dir, resume)
-        loggers = list(ctx.loggers)
-        if ckpt_path is not None and (run_id := stored_wandb_id(ckpt_dir)):
-            if not point_wandb_at(loggers, run_id):
-                log.warning("W&B run already started; cannot continue run %s", run_id)
         callbacks: list[Any] = []
-        every = int(tcfg.checkpoint_every_n_steps)
-        if every > 0:
-            callbacks += [AtomicLastCheckpoint(ckpt_dir, every), WandbRunIdBesideCheckpoint(ckpt_dir)]
         if int(tcfg.sample_generations) > 0:
             callbacks.append(SampleGenerationTable(val or train, int(tcfg.sample_generations),
                                                    int(tcfg.sample_max_new_tokens)))
-        trainer = build_trainer(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                enable_checkpointing=every > 0, default_root_dir=str(ctx.run_dir / "lightning"))
-        export_dir = entry.dir / "files" / MODEL_SUBDIR
         card = strip_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-        metrics = fit_preference_model(module, datamodule, trainer, export_dir, card_config=card, ckpt_path=ckpt_path)
+        metrics, trainer = train_and_export(
+            module, datamodule, cfg.trainer, export_dir=entry.dir / "files" / MODEL_SUBDIR,
+            ckpt_dir=entry.dir / CKPT_SUBDIR, checkpoint_every_n_steps=int(tcfg.checkpoint_every_n_steps),
+            resume=str(getattr(tcfg.resume, "value", tcfg.resume)), loggers=list(ctx.loggers), callbacks=callbacks,
+            card_config=card, default_root_dir=str(ctx.run_dir / "lightning"))
         if trainer.is_global_zero:
             journal.append(TrainRecord(id="model", objective=objective, steps=int(trainer.global_step),
                                        model_dir=f"files/{MODEL_SUBDIR}", metrics=metrics))
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
         del module, trainer

@@ -5,6 +5,7 @@ What the train stage records; kept apart from the stage so tests drive the same 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,49 @@ def fit_preference_model(module: PreferenceModule, datamodule: PreferenceDataMod
     """
     if ckpt_path is not None:
         log.info("resuming training from %s", ckpt_path)
+        # Lightning warns that a mid-epoch resume replays the epoch from its start; ours does not: the
+        # PreferenceDataModule restarts at the restored epoch and skips the batches already trained on
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
     metrics = final_metrics(trainer)
     if trainer.is_global_zero:
         module.export(Path(export_dir), card_config=card_config, metrics=metrics)
     trainer.strategy.barrier("oyster_exp.export")
     return metrics
+
+
+def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule, trainer_node: Any, *,
+                     export_dir: Path, ckpt_dir: Path, checkpoint_every_n_steps: int = 0, resume: str = "auto",
+                     loggers: list[Any] | None = None, callbacks: list[Any] | None = None,
+                     card_config: dict[str, Any] | None = None, **trainer_kwargs: Any) -> tuple[dict[str, float], L.Trainer]:
+    """The train stage's whole training: build the Trainer, resume if a last checkpoint exists, fit, export.
+
+    `ckpt_dir` must be stable across reruns of the same job (the stage passes its cache entry), so a
+    killed run's `last.ckpt` is found again; the W&B run id stored beside it makes the loggers
+    continue the same W&B run. `resume="never"` deletes old checkpoints first. The checkpoints are
+    deleted after a successful export.
+    """
+    import shutil
+
+    from oyster_exp.training.callbacks import (
+        AtomicLastCheckpoint, WandbRunIdBesideCheckpoint, point_wandb_at, stored_wandb_id,
+    )
+
+    ckpt_dir = Path(ckpt_dir)
+    resume = str(getattr(resume, "value", resume))
+    loggers = list(loggers or [])
+    if resume == "never" and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_path = last_checkpoint(ckpt_dir, resume)
+    if ckpt_path is not None and (run_id := stored_wandb_id(ckpt_dir)) and not point_wandb_at(loggers, run_id):
+        log.warning("a W&B run had already started; the resumed training cannot continue W&B run %s", run_id)
+    callbacks = list(callbacks or [])
+    if checkpoint_every_n_steps > 0:
+        callbacks += [AtomicLastCheckpoint(ckpt_dir, checkpoint_every_n_steps), WandbRunIdBesideCheckpoint(ckpt_dir)]
+    trainer = build_trainer(trainer_node, logger=loggers or False, callbacks=callbacks,
+                            enable_checkpointing=checkpoint_every_n_steps > 0, **trainer_kwargs)
+    metrics = fit_preference_model(module, datamodule, trainer, Path(export_dir), card_config=card_config,
+                                   ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return metrics, trainer
