@@ -128,7 +128,7 @@ def build_loggers(cfg: DictConfig) -> list[object]:
         if str(node._target_).endswith("WandbLogger"):
             # config goes to wandb.init, so the W&B run starts on first use: a resumed train stage can
             # still point the logger at the run id stored beside its checkpoint
-            loggers.append(instantiate(node, config=hparams))
+            loggers.append(instantiate(node, _partial_=True)(config=hparams))
             continue
         lg = instantiate(node)
         lg.log_hyperparams(hparams)

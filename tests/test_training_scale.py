@@ -303,3 +303,48 @@ def test_gpu_trainer_configs_train_the_tiny_model(compose_cfg, option: str, tiny
     metrics = fit_preference_model(module, _data(tokenizer), trainer, tmp_path / "export")
     assert trainer.global_step == 2 and math.isfinite(metrics["train/loss"])
     assert (tmp_path / "export" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- W&B: stripped config, sample table
+
+def test_offline_wandb_run_gets_stripped_config_and_a_sample_table(compose_cfg, tiny_model_dir: Path, tokenizer: Any,
+                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import time
+
+    from oyster_exp.cli import build_loggers, finish_loggers
+    from oyster_exp.training.callbacks import SampleGenerationTable
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    key = "sk-" + "Zq7" * 10
+    cfg = compose_cfg("llm=openai", f"llm.base_url=http://user:{key}@127.0.0.1:9/v1", "trainer.max_steps=4",
+                      f"logger.wandb.save_dir={tmp_path}", "run_name=table-test", "training.sample_generations=2")
+    loggers = build_loggers(cfg)
+    val = [_ex(10), _ex(11), _ex(12)]
+    table = SampleGenerationTable(val, int(cfg.training.sample_generations), max_new_tokens=6)
+    module = PreferenceModule(str(tiny_model_dir), optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
+    data = PreferenceDataModule([_ex(i) for i in range(4)], val, tokenizer, max_length=96, batch_size=2)
+    trainer = build_trainer(cfg.trainer, logger=loggers, callbacks=[table], enable_checkpointing=False,
+                            default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=data)
+    sent = loggers[0].experiment.config.as_dict()                       # what the W&B run holds
+    finish_loggers(loggers, ok=True)
+    assert table.logged == 2                                            # one table per validation (2 epochs)
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    tables = sorted((run / "files" / "media" / "table" / "val").glob("samples_*.table.json"))
+    assert len(tables) == 2
+    content = json.loads(tables[-1].read_text())
+    assert content["columns"] == ["step", "id", "prompt", "chosen", "output"]
+    assert [row[1] for row in content["data"]] == ["p10", "p11"]
+    assert content["data"][0][3] == val[0].chosen and "question" in content["data"][0][2]
+    assert all(isinstance(row[4], str) for row in content["data"])
+    assert sent["objective"]["beta"] == 0.1 and sent["run_name"] == "table-test"   # the resolved config
+    assert sent["llm"]["base_url"] == "http://user:***@127.0.0.1:9/v1"               # secret redacted
+    (record,) = run.glob("run-*.wandb")
+    deadline = time.time() + 60                                         # W&B's writer process flushes on its own
+    while b"user:***@127.0.0.1" not in record.read_bytes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert b"user:***@127.0.0.1" in record.read_bytes()                # and that is what the run file holds
+    leaks = [str(f) for f in run.rglob("*") if f.is_file() and key.encode() in f.read_bytes()]
+    assert leaks == []

@@ -64,7 +64,9 @@ class PreferenceModule(L.LightningModule):
         self.save_hyperparameters({"model_path": str(model_path), "objective": self.objective, "beta": self.beta,
                                    "nll_span": self.nll_span, "gradient_checkpointing": gradient_checkpointing,
                                    "disable_dropout": disable_dropout, "dtype": str(dtype),
-                                   "lora": None if lora is None else vars(lora)})
+                                   "lora": None if lora is None else vars(lora)},
+                                  logger=False)  # the loggers get the whole resolved config instead; these
+        # flat keys (objective, beta) would overwrite the config's groups of the same name in W&B
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, lora=lora,
                                                     gradient_checkpointing=gradient_checkpointing,
