@@ -8,6 +8,7 @@ checkpoints are removed once the export is written; the export is the product.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def examples_from(pairs: list[PairRecord]) -> list[Any]:
 
 class TrainStage(Stage):
     name = "train"
+    joins_ranks = True
     record_type = TrainRecord
     inputs = ("pairs",)
     config_keys = ("model", "objective", "training", "trainer", "peft", "seed")
@@ -95,7 +97,12 @@ class TrainStage(Stage):
             ckpt_dir=entry.dir / CKPT_SUBDIR, checkpoint_every_n_steps=int(tcfg.checkpoint_every_n_steps),
             resume=str(getattr(tcfg.resume, "value", tcfg.resume)), loggers=list(ctx.loggers), callbacks=callbacks,
             card_config=card, default_root_dir=str(ctx.run_dir / "lightning"))
-        if trainer.is_global_zero:
-            journal.append(TrainRecord(id="model", objective=objective, steps=int(trainer.global_step),
-                                       model_dir=f"files/{MODEL_SUBDIR}", metrics=metrics))
+        if not trainer.is_global_zero:
+            # a re-launched rank (trainer=ddp, torchrun, Slurm) has done its share: rank 0 records the
+            # result, runs the later stages and writes the manifest; leaving now keeps this process
+            # from writing any of them
+            logging.shutdown()
+            os._exit(0)
+        journal.append(TrainRecord(id="model", objective=objective, steps=int(trainer.global_step),
+                                   model_dir=f"files/{MODEL_SUBDIR}", metrics=metrics))
         del module, trainer
