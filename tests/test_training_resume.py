@@ -62,3 +62,18 @@ def test_resume_never_starts_over_and_auto_without_checkpoint_starts_fresh(tmp_p
     assert last_checkpoint(tmp_path, "auto") == tmp_path / "last.ckpt"
     assert last_checkpoint(tmp_path, "never") is None
     assert last_checkpoint(None, "auto") is None
+
+
+def test_rerun_with_other_resume_knobs_finds_the_same_train_entry(compose_cfg) -> None:
+    """The checkpoint lives in the train stage's cache entry: switching checkpointing, resume or sample
+    tables on for the rerun of a killed job must not change the entry's key; what is learned must."""
+    from oyster_exp.stages.train import TrainStage
+
+    stage = TrainStage()
+    base = stage.config_slice(compose_cfg())
+    same = stage.config_slice(compose_cfg("training.checkpoint_every_n_steps=5", "training.resume=never",
+                                          "training.sample_generations=3", "training.tokenization_cache=false"))
+    assert same == base
+    for override in ("training.optimizer.lr=1e-3", "peft=lora", "training.scheduler.warmup_steps=3",
+                     "trainer.accumulate_grad_batches=2"):
+        assert stage.config_slice(compose_cfg(override)) != base, override
