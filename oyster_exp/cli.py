@@ -128,14 +128,18 @@ def build_loggers(cfg: DictConfig) -> list[object]:
     from oyster_exp.secrets import strip_secrets
 
     loggers = []
+    hparams = strip_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     for name, node in (cfg.logger or {}).items():
         if node is None or "_target_" not in node:
             continue
+        if str(node._target_).endswith("WandbLogger"):
+            # config goes to wandb.init, so the W&B run starts on first use: a resumed train stage can
+            # still point the logger at the run id stored beside its checkpoint
+            loggers.append(instantiate(node, _partial_=True)(config=hparams))
+            continue
         lg = instantiate(node)
-        loggers.append(lg)
-    hparams = strip_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    for lg in loggers:
         lg.log_hyperparams(hparams)
+        loggers.append(lg)
     return loggers
 
 

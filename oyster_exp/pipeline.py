@@ -8,7 +8,9 @@ finished entry is reused as is, an unfinished one (a killed run) is resumed reco
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,12 @@ from oyster_exp.artifacts import CacheEntry, Journal, file_hash, link_or_copy_tr
 from oyster_exp.llm.service import LLMService
 
 log = logging.getLogger(__name__)
+
+
+def nonzero_rank() -> bool:
+    """This process is rank > 0 of a multi-process launch (Lightning's ddp re-launch, torchrun, Slurm):
+    it joins rank 0 inside a `joins_ranks` stage instead of waiting for the lock rank 0 holds."""
+    return any(int(os.environ.get(k) or 0) > 0 for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
 class StageError(RuntimeError):
@@ -66,6 +74,7 @@ class Stage:
     inputs: ClassVar[tuple[str, ...]] = ()
     config_keys: ClassVar[tuple[str, ...]] = ()
     cacheable: ClassVar[bool] = True
+    joins_ranks: ClassVar[bool] = False  # every rank of a multi-process launch runs it together (train)
 
     def config_slice(self, cfg: DictConfig) -> dict[str, Any]:
         out = {}
@@ -130,7 +139,7 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
     if not stage.cacheable or not ctx.cfg.stage_cache:
         if entry.complete:
             entry.reset()
-    with entry.lock():
+    with (contextlib.nullcontext() if stage.joins_ranks and nonzero_rank() else entry.lock()):
         if entry.complete:
             stats["cache"] = "hit"
             log.info("stage %-8s cache hit (%s)", stage.name, entry.dir)

@@ -46,6 +46,16 @@ class ModelSource(str, Enum):
     hub = "hub"                    # a hub id resolved from the local HF cache only (offline)
 
 
+class ResumeMode(str, Enum):
+    auto = "auto"                  # continue from the train stage's last.ckpt when one exists
+    never = "never"                # always start from the base weights (the old checkpoints are ignored)
+
+
+class Quantization(str, Enum):
+    none = "none"                  # LoRA on the model in its own dtype
+    nf4 = "nf4"                    # QLoRA: 4-bit NormalFloat base weights (bitsandbytes, CUDA only)
+
+
 class PairPolicy(str, Enum):
     best_vs_initial = "best_vs_initial"
     best_vs_worst = "best_vs_worst"
@@ -164,12 +174,32 @@ class ObjectiveConfig:
 
 
 @dataclass
+class PeftConfig:
+    name: str = MISSING
+    enabled: bool = False                 # False: full fine-tuning
+    r: int = field(default=16, metadata=_r(ge=1))                     # LoRA rank
+    alpha: float = field(default=32.0, metadata=_r(gt=0.0))           # LoRA scale = alpha / r
+    dropout: float = field(default=0.05, metadata=_r(ge=0.0, le=0.9))
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    quantization: Quantization = Quantization.none
+    compute_dtype: str = "bfloat16"       # QLoRA matmul dtype
+
+
+@dataclass
 class TrainingConfig:
     optimizer: Any = MISSING              # `_partial_` optimizer node
+    scheduler: Any = None                 # `_partial_` scheduler node taking the optimizer (and total_steps)
     batch_size: int = field(default=2, metadata=_r(ge=1))
     max_length: int = field(default=512, metadata=_r(ge=16))
     val_fraction: float = field(default=0.0, metadata=_r(ge=0.0, le=0.5))
     length_bucketing: bool = True
+    gradient_checkpointing: bool = False
+    tokenization_cache: bool = True       # datasets Arrow cache under paths.cache_dir/tokenized
+    checkpoint_every_n_steps: int = field(default=0, metadata=_r(ge=0))  # 0: no checkpoints
+    resume: ResumeMode = ResumeMode.auto
+    sample_generations: int = field(default=0, metadata=_r(ge=0))      # W&B table rows at validation end
+    sample_max_new_tokens: int = field(default=48, metadata=_r(ge=1))
 
 
 @dataclass
@@ -227,6 +257,7 @@ class Config:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     trainer: Any = MISSING                # `_target_: lightning.Trainer` node (strategy-specific keys)
     logger: Any = None                    # dict of `_target_` logger nodes, or None
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -296,6 +327,18 @@ def _check_trainer(trainer: Any) -> None:
         raise ConfigError("trainer.gradient_clip_val", f"must be a number >= 0, got {clip!r}")
 
 
+def _check_peft(cfg: DictConfig) -> None:
+    """QLoRA's 4-bit kernels are CUDA-only (bitsandbytes): refuse a CPU trainer before any model loads."""
+    peft = cfg.get("peft")
+    if peft is None or str(getattr(peft.quantization, "value", peft.quantization)) == "none":
+        return
+    if not peft.enabled:
+        raise ConfigError("peft.quantization", "4-bit quantization is QLoRA and needs peft.enabled=true")
+    if str(cfg.trainer.get("accelerator", "auto")) == "cpu":
+        raise ConfigError("peft.quantization", "QLoRA (nf4) needs a CUDA GPU and bitsandbytes; use "
+                          "trainer=gpu (or ddp) on a GPU machine, or peft=lora on CPU")
+
+
 def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
     """Range and cross-field checks that OmegaConf's type system cannot express."""
     _check_ranges(cfg, Config(), "")
@@ -315,6 +358,7 @@ def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
         if lvl not in (1, 2, 3):
             raise ConfigError("eval.strata_sword.levels", f"levels are 1, 2, 3, got {lvl!r}")
     _check_trainer(cfg.trainer)
+    _check_peft(cfg)
     if cfg.data.source not in ("seed", "file"):
         raise ConfigError("data.source", f"must be 'seed' or 'file', got {cfg.data.source!r}")
     if cfg.data.source == "file" and not cfg.data.path:

@@ -36,3 +36,15 @@ def compose_cfg():
             return compose(config_name="config", overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def single_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model trained 10 steps by tests/train_driver.py in this process (batch 2, one process):
+    the uninterrupted reference of the resume test and the single-process side of the DDP test."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import train_driver
+
+    return train_driver.run(tmp_path_factory.mktemp("single_process"))

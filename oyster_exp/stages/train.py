@@ -1,8 +1,16 @@
-"""train: ORPO (or SFT) on the preference pairs with a real Lightning Trainer; export the model."""
+"""train: ORPO (or SFT) on the preference pairs with a real Lightning Trainer; export the model.
+
+Checkpoints live in the stage's cache entry (`<cache>/stages/train/<key>/checkpoints/last.ckpt`), so
+rerunning a killed command (same config, same pairs, same key) finds them: with `training.resume=auto`
+training continues from there, in the same W&B run (its id is stored beside the checkpoint). The
+checkpoints are removed once the export is written; the export is the product.
+"""
 from __future__ import annotations
 
 import logging
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
@@ -16,6 +24,11 @@ from oyster_exp.secrets import strip_secrets
 
 log = logging.getLogger(__name__)
 MODEL_SUBDIR = "model"
+CKPT_SUBDIR = "checkpoints"
+# training knobs that change how a run is kept and shown, not what it learns: outside the cache key,
+# so that switching them on for a rerun still finds the killed run's checkpoint
+_UNKEYED_TRAINING = ("resume", "checkpoint_every_n_steps", "sample_generations", "sample_max_new_tokens",
+                     "tokenization_cache")
 
 
 def examples_from(pairs: list[PairRecord]) -> list[Any]:
@@ -27,18 +40,27 @@ def examples_from(pairs: list[PairRecord]) -> list[Any]:
 
 class TrainStage(Stage):
     name = "train"
+    joins_ranks = True
     record_type = TrainRecord
     inputs = ("pairs",)
-    config_keys = ("model", "objective", "training", "trainer", "seed")
+    config_keys = ("model", "objective", "training", "trainer", "peft", "seed")
+
+    def config_slice(self, cfg: Any) -> dict[str, Any]:
+        out = super().config_slice(cfg)
+        out["training"] = {k: v for k, v in (out.get("training") or {}).items() if k not in _UNKEYED_TRAINING}
+        return out
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         import lightning as L
 
+        from oyster_exp.training.callbacks import SampleGenerationTable
         from oyster_exp.training.data import PreferenceDataModule
+        from oyster_exp.training.models import LoraSettings
         from oyster_exp.training.module import PreferenceModule
-        from oyster_exp.training.run import fit_preference_model
+        from oyster_exp.training.run import train_and_export
 
         cfg = ctx.cfg
+        tcfg = cfg.training
         objective = str(getattr(cfg.objective.name, "value", cfg.objective.name))
         examples = examples_from(inputs["pairs"])
         if not examples:
@@ -48,24 +70,39 @@ class TrainStage(Stage):
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         rng = random.Random(int(cfg.seed))
         rng.shuffle(examples)
-        n_val = int(len(examples) * float(cfg.training.val_fraction))
+        n_val = int(len(examples) * float(tcfg.val_fraction))
         val, train = examples[:n_val], examples[n_val:]
         model_dir = resolve_model_dir(cfg.model)
         module = PreferenceModule(
             model_path=str(model_dir), objective=objective, beta=float(cfg.objective.beta),
             nll_span=str(getattr(cfg.objective.nll_span, "value", cfg.objective.nll_span)),
-            optimizer=instantiate(cfg.training.optimizer),
+            optimizer=instantiate(tcfg.optimizer),
+            scheduler=instantiate(tcfg.scheduler) if tcfg.get("scheduler") is not None else None,
+            gradient_checkpointing=bool(tcfg.gradient_checkpointing), dtype=str(cfg.model.dtype),
+            lora=LoraSettings.from_config(cfg.get("peft")),
         )
+        cache_dir = Path(str(cfg.paths.cache_dir)) / "tokenized" if tcfg.tokenization_cache else None
         datamodule = PreferenceDataModule(
-            train=train, val=val, tokenizer=module.tokenizer, max_length=int(cfg.training.max_length),
-            batch_size=int(cfg.training.batch_size), length_bucketing=bool(cfg.training.length_bucketing),
-            seed=int(cfg.seed),
+            train=train, val=val, tokenizer=module.tokenizer, max_length=int(tcfg.max_length),
+            batch_size=int(tcfg.batch_size), length_bucketing=bool(tcfg.length_bucketing),
+            seed=int(cfg.seed), cache_dir=cache_dir,
         )
-        loggers = list(ctx.loggers) or False
-        trainer = instantiate(cfg.trainer, logger=loggers, default_root_dir=str(ctx.run_dir / "lightning"))
-        export_dir = entry.dir / "files" / MODEL_SUBDIR
-        card = strip_secrets(OmegaConf.to_container(cfg, resolve=True))
-        metrics = fit_preference_model(module, datamodule, trainer, export_dir, card_config=card)
+        callbacks: list[Any] = []
+        if int(tcfg.sample_generations) > 0:
+            callbacks.append(SampleGenerationTable(val or train, int(tcfg.sample_generations),
+                                                   int(tcfg.sample_max_new_tokens)))
+        card = strip_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        metrics, trainer = train_and_export(
+            module, datamodule, cfg.trainer, export_dir=entry.dir / "files" / MODEL_SUBDIR,
+            ckpt_dir=entry.dir / CKPT_SUBDIR, checkpoint_every_n_steps=int(tcfg.checkpoint_every_n_steps),
+            resume=str(getattr(tcfg.resume, "value", tcfg.resume)), loggers=list(ctx.loggers), callbacks=callbacks,
+            card_config=card, default_root_dir=str(ctx.run_dir / "lightning"))
+        if not trainer.is_global_zero:
+            # a re-launched rank (trainer=ddp, torchrun, Slurm) has done its share: rank 0 records the
+            # result, runs the later stages and writes the manifest; leaving now keeps this process
+            # from writing any of them
+            logging.shutdown()
+            os._exit(0)
         journal.append(TrainRecord(id="model", objective=objective, steps=int(trainer.global_step),
                                    model_dir=f"files/{MODEL_SUBDIR}", metrics=metrics))
         del module, trainer

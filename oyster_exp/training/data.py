@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Iterator, Sequence, Sized
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from pydantic import BaseModel
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler, SequentialSampler
 
 from oyster_exp.training.losses import IGNORE
 
@@ -106,17 +107,20 @@ class BucketBatchSampler(BatchSampler):
     """Batches of similar length (less padding) drawn from whatever indices `sampler` yields.
 
     Indices are read in windows of `batch_size * window_batches`, sorted by length within a window,
-    cut into batches, and the batch order is shuffled with `seed` and the pass number. Subclassing
-    `BatchSampler` with a `sampler` argument lets Lightning swap in a `DistributedSampler` under
-    DDP, so each rank buckets its own shard instead of failing.
+    cut into batches, and the batch order is shuffled with `seed` and the epoch. The epoch is the
+    sampler's (`DistributedSampler.epoch`, which Lightning sets every epoch) or else the number of
+    passes so far, so an epoch's batches are a pure function of (seed, epoch): that is what lets a
+    resumed run see exactly the batches an uninterrupted one sees. `skip` drops the first batches
+    of the first pass only (the ones a resumed run already trained on).
     """
 
     def __init__(self, sampler: Sampler[int] | Sequence[int], batch_size: int, drop_last: bool = False,
                  lengths: Sequence[int] = (), seed: int = 0, bucketing: bool = True,
-                 shuffle_batches: bool = True, window_batches: int = 64):
+                 shuffle_batches: bool = True, window_batches: int = 64, skip: int = 0):
         super().__init__(sampler, batch_size, drop_last)
         self.lengths, self.seed, self.bucketing = list(lengths), seed, bucketing
         self.shuffle_batches, self.window_batches, self.passes = shuffle_batches, window_batches, 0
+        self.skip = skip
 
     def _window(self, n: int) -> int:
         return self.batch_size * self.window_batches if self.bucketing else max(n, 1)
@@ -125,7 +129,8 @@ class BucketBatchSampler(BatchSampler):
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + self.passes)
+        epoch = getattr(self.sampler, "epoch", self.passes)
+        rng = random.Random(self.seed * 1_000_003 + epoch)
         self.passes += 1
         indices = list(self.sampler)
         window = self._window(len(indices))
@@ -138,7 +143,8 @@ class BucketBatchSampler(BatchSampler):
             batches += cut[:self._batches_in(len(chunk))]
         if self.shuffle_batches:
             rng.shuffle(batches)
-        return iter(batches)
+        skip, self.skip = self.skip, 0
+        return iter(batches[skip:])
 
     def __len__(self) -> int:
         n = len(self.sampler) if isinstance(self.sampler, Sized) else len(self.lengths)
@@ -150,14 +156,22 @@ class BucketBatchSampler(BatchSampler):
 class PreferenceDataModule(L.LightningDataModule):
     """Tokenised preference pairs for ORPO (both sides) or SFT (the module reads `chosen` only).
 
-    Tokenisation happens once in `setup`; batches are right-padded to their own longest sequence.
-    With `length_bucketing`, pairs of similar length share a batch and batch order is shuffled with
-    `seed`; without it, pairs come in a seeded random order.
+    Tokenisation happens once in `setup` (through an Arrow cache in `cache_dir` when given);
+    batches are right-padded to their own longest sequence. Training order is a seeded permutation
+    per epoch; with `length_bucketing`, pairs of similar length share a batch and batch order is
+    shuffled with `seed` and the epoch.
+
+    The module shards training data itself (rank r of world w takes every w-th index of the epoch's
+    permutation, `DistributedSampler` with explicit rank), so the trainer runs with
+    `use_distributed_sampler: false`; without bucketing, the union of the ranks' batches at a step
+    is exactly the single-process batch of size `batch_size * w`. Resuming from a checkpoint starts
+    at the restored epoch and skips the batches it already trained on. Every rank validates on all
+    validation pairs (metrics are identical and exact, at the cost of repeated work).
     """
 
     def __init__(self, train: list[PreferenceExample], val: list[PreferenceExample], tokenizer: Any,
                  max_length: int = 512, batch_size: int = 2, length_bucketing: bool = True, seed: int = 0,
-                 truncation: Truncation = "keep_end", num_workers: int = 0):
+                 truncation: Truncation = "keep_end", num_workers: int = 0, cache_dir: Path | None = None):
         super().__init__()
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
@@ -165,6 +179,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.max_length, self.batch_size, self.length_bucketing = max_length, batch_size, length_bucketing
         self.seed, self.truncation, self.num_workers = seed, truncation, num_workers
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.train_features: list[dict[str, Any]] = []
         self.val_features: list[dict[str, Any]] = []
 
@@ -175,7 +190,23 @@ class PreferenceDataModule(L.LightningDataModule):
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
     def _tokenize(self, examples: list[PreferenceExample]) -> list[dict[str, Any]]:
+        if self.cache_dir is not None:
+            from oyster_exp.training.token_cache import tokenize_cached
+
+            return tokenize_cached(examples, self.tokenizer, self.max_length, self.truncation, self.cache_dir)
         return [tokenize_example(e, self.tokenizer, self.max_length, self.truncation) for e in examples]
+
+    def _placement(self) -> tuple[int, int, int, int]:
+        """(world size, rank, epoch, batches to skip) from the attached Trainer's (restored) progress."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0, 0, 0
+        world, rank = int(trainer.world_size), int(trainer.global_rank)
+        if world > 1 and getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+            raise ValueError("PreferenceDataModule shards its data itself: set trainer.use_distributed_sampler=false "
+                             "(every conf/trainer/*.yaml does)")
+        loop = trainer.fit_loop
+        return world, rank, int(loop.epoch_progress.current.processed), int(loop.epoch_loop.batch_progress.current.processed)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.train_features and self.train_examples:
@@ -184,13 +215,20 @@ class PreferenceDataModule(L.LightningDataModule):
             self.val_features = self._tokenize(self.val_examples)
 
     def _loader(self, features: list[dict[str, Any]], train: bool) -> DataLoader:
+        skip = 0
         if train:
-            sampler: Sampler[int] = RandomSampler(features, generator=torch.Generator().manual_seed(self.seed))
+            world, rank, epoch, skip = self._placement()
+            sampler: Sampler[int] = DistributedSampler(features, num_replicas=world, rank=rank, shuffle=True,
+                                                       seed=self.seed, drop_last=False)
+            sampler.set_epoch(epoch)  # Lightning sets later epochs; the first (maybe resumed) one is set here
         else:
             sampler = SequentialSampler(features)
         batches = BucketBatchSampler(sampler, self.batch_size, drop_last=False,
                                      lengths=[f["length"] for f in features], seed=self.seed,
-                                     bucketing=self.length_bucketing, shuffle_batches=train)
+                                     bucketing=self.length_bucketing, shuffle_batches=train, skip=skip)
+        if skip >= len(batches):  # the checkpoint closed the epoch: start the next one
+            sampler.set_epoch(sampler.epoch + 1)  # type: ignore[attr-defined]
+            batches.skip = 0
         return DataLoader(features, batch_sampler=batches, num_workers=self.num_workers,
                           collate_fn=functools.partial(collate, pad_id=self.pad_id))
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 
 from oyster_exp.training.losses import orpo_loss, sequence_logps, sft_loss, token_nll
+from oyster_exp.training.models import LoraSettings, export_pretrained, load_causal_lm, model_card
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+SchedulerFactory = Callable[..., Any]
 OBJECTIVES = ("orpo", "sft")
 NLL_SPANS = ("response", "prompt_and_response")
 DEFAULT_LR = 5e-5
@@ -32,17 +32,15 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
     return value
 
 
-def _plain(obj: Any) -> Any:
-    """Config values as YAML-safe builtins (enums, paths and other objects become strings)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Enum):
-        return _plain(obj.value)
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
+def _wants_total_steps(factory: Callable[..., Any]) -> bool:
+    """Does a (partial) scheduler factory take `total_steps` (ours) rather than the optimizer alone?"""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return "total_steps" in params
 
 
 class PreferenceModule(L.LightningModule):
@@ -57,31 +55,22 @@ class PreferenceModule(L.LightningModule):
 
     def __init__(self, model_path: str, objective: str = "orpo", beta: float = 0.1, nll_span: str = "response",
                  optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
-                 gradient_checkpointing: bool = False, disable_dropout: bool = True):
+                 gradient_checkpointing: bool = False, disable_dropout: bool = True,
+                 lora: LoraSettings | None = None, dtype: str = "float32"):
         super().__init__()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.objective = _choice(objective, OBJECTIVES, "objective")
         self.nll_span = _choice(nll_span, NLL_SPANS, "nll_span")
         self.beta = float(beta)
         self.save_hyperparameters({"model_path": str(model_path), "objective": self.objective, "beta": self.beta,
                                    "nll_span": self.nll_span, "gradient_checkpointing": gradient_checkpointing,
-                                   "disable_dropout": disable_dropout})
+                                   "disable_dropout": disable_dropout, "dtype": str(dtype),
+                                   "lora": None if lora is None else vars(lora)},
+                                  logger=False)  # the loggers get the whole resolved config instead; these
+        # flat keys (objective, beta) would overwrite the config's groups of the same name in W&B
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-        if gradient_checkpointing:
-            enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
-            kwargs = {"use_reentrant": False}
-            if enable is not None:
-                enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if disable_dropout:
-            for m in self.model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = 0.0
-        self.model.train()  # from_pretrained returns eval mode and Lightning keeps submodule modes as found
+        self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, lora=lora,
+                                                    gradient_checkpointing=gradient_checkpointing,
+                                                    disable_dropout=disable_dropout)
 
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -125,32 +114,34 @@ class PreferenceModule(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self) -> Any:
+        """Optimizer over the trainable parameters (LoRA: the adapters only) and a per-step schedule.
+
+        A scheduler factory that takes `total_steps` (e.g. `schedules.warmup_decay`) gets the
+        Trainer's estimate of optimisation steps, which already accounts for accumulation,
+        devices and `max_steps`.
+        """
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=DEFAULT_LR))
-        optimizer = factory(self.model.parameters())
+        optimizer = factory([p for p in self.model.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        if _wants_total_steps(self.scheduler_factory):
+            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        else:
+            scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def export(self, out_dir: Path, card_config: dict[str, Any] | None = None,
                metrics: dict[str, float] | None = None) -> Path:
-        """Write a `from_pretrained`-loadable directory: weights, tokenizer, and a README model card.
+        """Write a `from_pretrained`-loadable directory: weights (LoRA merged), tokenizer, a README card.
 
         The card records the objective, the final metrics and `card_config` (e.g. the resolved Hydra
-        config, secrets already stripped) as YAML, so the model carries its own provenance.
+        config, secrets already stripped) as YAML, so the model carries its own provenance. A LoRA
+        model is merged in place, so `self.model` is the plain merged model afterwards.
         """
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
-        front = {"library_name": "transformers", "tags": ["oyster-exp", self.objective]}
-        dump = lambda obj, order: yaml.safe_dump(_plain(obj), sort_keys=order, allow_unicode=True).strip()  # noqa: E731
-        card = [
-            "---", dump(front, False), "---", "", "# oyster-exp model", "",
-            f"Trained with `{self.objective}` (beta={self.beta}, nll_span={self.nll_span}) "
-            f"from `{self.hparams['model_path']}`.", "",
-            "## Final metrics", "", "```yaml", dump(metrics or {}, True), "```", "",
-            "## Config", "", "```yaml", dump(card_config or {}, False), "```", "",
-        ]
-        (out_dir / "README.md").write_text("\n".join(card), encoding="utf-8")
-        return out_dir
+        summary = (f"Trained with `{self.objective}` (beta={self.beta}, nll_span={self.nll_span}) "
+                   f"from `{self.hparams['model_path']}`"
+                   + (f", LoRA r={self.hparams['lora']['r']} merged." if self.hparams.get("lora") else "."))
+        card = model_card(summary, self.objective, metrics, card_config)
+        self.model = export_pretrained(self.model, self.tokenizer, Path(out_dir), card,
+                                       base_path=self.hparams["model_path"])
+        return Path(out_dir)

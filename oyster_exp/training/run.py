@@ -1,6 +1,11 @@
-"""Fit, export, and return the final metrics as plain floats (what the train stage records)."""
+"""Build the Trainer, fit (resuming from the last checkpoint), export, and return the final metrics.
+
+What the train stage records; kept apart from the stage so tests drive the same path without Hydra.
+"""
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +14,49 @@ import torch
 
 from oyster_exp.training.data import PreferenceDataModule
 from oyster_exp.training.module import PreferenceModule
+
+log = logging.getLogger(__name__)
+LAST_CKPT = "last.ckpt"
+
+
+class TrainerConfigError(RuntimeError):
+    """The trainer config cannot be built on this machine; the message names the key and the fix."""
+
+
+def build_trainer(node: Any, **kwargs: Any) -> L.Trainer:
+    """`hydra.utils.instantiate` of a `trainer` node, with one-line errors for the usual misfits.
+
+    A strategy whose package is missing (DeepSpeed) or an accelerator this machine lacks (a GPU
+    config on CPU) raises `TrainerConfigError` naming the missing piece instead of a deep traceback.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    strategy = node.get("strategy") if hasattr(node, "get") else None
+    if isinstance(strategy, str) and strategy.startswith("deepspeed"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise TrainerConfigError(f"trainer.strategy={strategy} needs the deepspeed package, which is not "
+                                     "installed (pip install deepspeed on a CUDA machine)")
+    try:
+        return instantiate(node, **kwargs)
+    except (InstantiationException, MisconfigurationException, RuntimeError, ValueError) as e:
+        cause = e.__cause__ or e
+        accel = kwargs.get("accelerator", node.get("accelerator") if hasattr(node, "get") else None)
+        if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise TrainerConfigError(f"trainer.accelerator={accel}: no CUDA GPU on this machine "
+                                     "(use trainer=cpu or trainer=ddp_cpu)") from e
+        raise TrainerConfigError(f"trainer: {type(cause).__name__}: {str(cause).splitlines()[0]}") from e
+
+
+def last_checkpoint(ckpt_dir: Path | None, resume: str) -> Path | None:
+    """`ckpt_dir/last.ckpt` when `resume == "auto"` and a complete one exists (saves are atomic)."""
+    if ckpt_dir is None or str(getattr(resume, "value", resume)) != "auto":
+        return None
+    path = Path(ckpt_dir) / LAST_CKPT
+    return path if path.is_file() or path.is_dir() else None
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -22,15 +70,58 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 
 def fit_preference_model(module: PreferenceModule, datamodule: PreferenceDataModule, trainer: L.Trainer,
-                         export_dir: Path, card_config: dict[str, Any] | None = None) -> dict[str, float]:
-    """Train, then export the model with a card holding `card_config` and the final metrics.
+                         export_dir: Path, card_config: dict[str, Any] | None = None,
+                         ckpt_path: Path | str | None = None) -> dict[str, float]:
+    """Train (from `ckpt_path` when given), then export the model with a card holding `card_config` and metrics.
 
     Only global rank 0 writes the export (every rank holds the same weights under DDP); the others
     wait at a barrier so no rank returns before the directory is complete.
     """
-    trainer.fit(module, datamodule=datamodule)
+    if ckpt_path is not None:
+        log.info("resuming training from %s", ckpt_path)
+        # Lightning warns that a mid-epoch resume replays the epoch from its start; ours does not: the
+        # PreferenceDataModule restarts at the restored epoch and skips the batches already trained on
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
     metrics = final_metrics(trainer)
     if trainer.is_global_zero:
         module.export(Path(export_dir), card_config=card_config, metrics=metrics)
     trainer.strategy.barrier("oyster_exp.export")
     return metrics
+
+
+def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule, trainer_node: Any, *,
+                     export_dir: Path, ckpt_dir: Path, checkpoint_every_n_steps: int = 0, resume: str = "auto",
+                     loggers: list[Any] | None = None, callbacks: list[Any] | None = None,
+                     card_config: dict[str, Any] | None = None, **trainer_kwargs: Any) -> tuple[dict[str, float], L.Trainer]:
+    """The train stage's whole training: build the Trainer, resume if a last checkpoint exists, fit, export.
+
+    `ckpt_dir` must be stable across reruns of the same job (the stage passes its cache entry), so a
+    killed run's `last.ckpt` is found again; the W&B run id stored beside it makes the loggers
+    continue the same W&B run. `resume="never"` deletes old checkpoints first. The checkpoints are
+    deleted after a successful export.
+    """
+    import shutil
+
+    from oyster_exp.training.callbacks import (
+        AtomicLastCheckpoint, WandbRunIdBesideCheckpoint, point_wandb_at, stored_wandb_id,
+    )
+
+    ckpt_dir = Path(ckpt_dir)
+    resume = str(getattr(resume, "value", resume))
+    loggers = list(loggers or [])
+    if resume == "never" and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_path = last_checkpoint(ckpt_dir, resume)
+    if ckpt_path is not None and (run_id := stored_wandb_id(ckpt_dir)) and not point_wandb_at(loggers, run_id):
+        log.warning("a W&B run had already started; the resumed training cannot continue W&B run %s", run_id)
+    callbacks = list(callbacks or [])
+    if checkpoint_every_n_steps > 0:
+        callbacks += [AtomicLastCheckpoint(ckpt_dir, checkpoint_every_n_steps), WandbRunIdBesideCheckpoint(ckpt_dir)]
+    trainer = build_trainer(trainer_node, logger=loggers or False, callbacks=callbacks,
+                            enable_checkpointing=checkpoint_every_n_steps > 0, **trainer_kwargs)
+    metrics = fit_preference_model(module, datamodule, trainer, Path(export_dir), card_config=card_config,
+                                   ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return metrics, trainer
