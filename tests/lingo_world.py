@@ -148,6 +148,7 @@ class WorldClient:
     backend: str = "world"
     model_id: str = "rule-world-v1"
     malformed_every: int = 0          # > 0: every n-th first attempt (service seed 42, by prompt hash) is cut JSON
+    always_malformed: bool = False    # every attempt is cut JSON (a role that never answers properly)
     requests: list[ChatRequest] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
 
@@ -162,7 +163,8 @@ class WorldClient:
         if self.role == "actor":
             content = self._actor(req, case)
         else:
-            if self.malformed_every and req.seed % 1000 == 42 and zlib.crc32(text.encode()) % self.malformed_every == 0:
+            if self.always_malformed or (self.malformed_every and req.seed % 1000 == 42
+                                         and zlib.crc32(text.encode()) % self.malformed_every == 0):
                 return ChatResponse(content='{"persona": "cut', finish_reason="length")
             known = {"user_judge": self._user, "safety_judge": self._safety, "editor": self._editor}[self.role](text, case)
             content = json.dumps(_fill(req.response_schema or {}, known))

@@ -195,10 +195,11 @@ def _initial(service: LLMService, states: list[QueryResult], s: LoopSettings) ->
         convs = [([ChatMessage(role="system", content=s.system_prompt)] if s.system_prompt else [])
                  + [ChatMessage(role="user", content=st.item.query)] for st in states]
         for st, cands in zip(states, _sample(service, convs, s)):
-            drafts.append(_Draft(st, 0, "initial", st.item.chain, st.item.think, [c[0] for c in cands],
+            drafts.append(_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), st.item.think,
+                                 [c[0] for c in cands],
                                  [c[1] for c in cands], [c[2] for c in cands], [c[3] for c in cands]))
     else:
-        drafts = [_Draft(st, 0, "initial", st.item.chain, st.item.think, [st.item.response], [0], [None],
+        drafts = [_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), st.item.think, [st.item.response], [0], [None],
                          [service.seed]) for st in states]
     for d, entry in zip(drafts, _judge_drafts(service, drafts, s)):
         d.state.trace.append(entry)

@@ -65,16 +65,18 @@ class EmbeddingSimilarity:
 
     def __init__(self, model_dir: str | Path):
         from safetensors import safe_open
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if not (model_dir / "tokenizer.json").exists():
+            raise ValueError(f"{model_dir}: no tokenizer.json (lingo_bp.similarity=embedding needs a fast tokenizer)")
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         weight = None
         for f in sorted(model_dir.glob("*.safetensors")):
-            with safe_open(str(f), framework="pt") as st:
+            with safe_open(str(f), framework="numpy") as st:   # numpy: no torch import for one matrix
                 name = next((k for k in st.keys() if k.endswith("embed_tokens.weight")), None)  # noqa: SIM118
                 if name is not None:
-                    weight = st.get_tensor(name).float()
+                    weight = st.get_tensor(name).astype("float32")
                     break
         if weight is None:
             raise ValueError(f"{model_dir}: no '*embed_tokens.weight' tensor in its safetensors files")
@@ -82,11 +84,11 @@ class EmbeddingSimilarity:
 
     @lru_cache(maxsize=4096)  # noqa: B019 - strategies repeat across steps; the object lives for a stage
     def embed(self, text: str) -> Any:
-        import torch
+        import numpy as np
 
-        ids = self.tokenizer(text.strip().lower() or " ", add_special_tokens=False)["input_ids"]
-        vec = self.weight[torch.tensor(ids or [0])].mean(0)
-        return vec / (vec.norm() + 1e-8)
+        ids = self.tokenizer.encode(text.strip().lower() or " ", add_special_tokens=False).ids
+        vec = self.weight[ids or [0]].mean(0)
+        return vec / (np.linalg.norm(vec) + 1e-8)
 
     def __call__(self, a: str, b: str) -> float:
         return max(0.0, float(self.embed(a) @ self.embed(b)))
