@@ -126,7 +126,10 @@ class _Draft:
     parent: int | None = None
 
 
-def _sample(service: LLMService, convs: list[list[ChatMessage]], s: LoopSettings) -> list[list[tuple[str, int, str | None, int]]]:
+Sample = tuple[str, int, str | None, int]   # (text, completion tokens, failure, seed)
+
+
+def _sample(service: LLMService, convs: list[list[ChatMessage]], s: LoopSettings) -> list[list[Sample]]:
     """K replies per conversation in one service call: (text, tokens, failure, seed) each."""
     k = s.k
     flat = [c for c in convs for _ in range(k)]
@@ -199,8 +202,8 @@ def _initial(service: LLMService, states: list[QueryResult], s: LoopSettings) ->
                                  [c[0] for c in cands],
                                  [c[1] for c in cands], [c[2] for c in cands], [c[3] for c in cands]))
     else:
-        drafts = [_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), st.item.think, [st.item.response], [0], [None],
-                         [service.seed]) for st in states]
+        drafts = [_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), st.item.think, [st.item.response],
+                         [0], [None], [service.seed]) for st in states]
     for d, entry in zip(drafts, _judge_drafts(service, drafts, s)):
         d.state.trace.append(entry)
 
