@@ -144,18 +144,12 @@ class SimilarityName(str, Enum):
     embedding = "embedding"                  # cosine of mean-pooled input embeddings of the base model
 
 
-def _nodes(*names: str) -> list[str]:
-    return list(names)
-
-
 @dataclass
 class UnfrozenConfig:
     """Chain nodes each Lingo-BP mode may change; every other node is copied (frozen)."""
-    user: list[str] = field(default_factory=lambda: _nodes("user_needs", "usefulness_strategies"))
-    developer: list[str] = field(default_factory=lambda: _nodes("user_needs", "usefulness_strategies",
-                                                                "safety_strategies"))
-    both: list[str] = field(default_factory=lambda: _nodes("user_needs", "usefulness_strategies",
-                                                           "safety_strategies"))
+    user: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies"])
+    developer: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies", "safety_strategies"])
+    both: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies", "safety_strategies"])
 
 
 @dataclass

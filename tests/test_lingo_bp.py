@@ -120,3 +120,42 @@ def test_each_step_is_one_service_call_over_all_active_queries(tmp_path: Path) -
     # queries that stopped early were handed over before the ones that ran the whole schedule
     lengths = {r.item.id: len(r.trace) for r in results}
     assert [lengths[i] for i in done] == sorted(lengths[i] for i in done)
+
+
+def test_stage_runs_chunks_in_lockstep_journals_per_record_and_resumes(compose_cfg, tmp_path: Path) -> None:
+    from oyster_exp.artifacts import CacheEntry, Journal
+    from oyster_exp.csa.schemas import RiskAssessment
+    from oyster_exp.pipeline import RunContext
+    from oyster_exp.records import AssessmentRecord, ChainRecord, GenerationRecord
+    from oyster_exp.stages.optimize import OptimizeStage
+
+    cases = make_cases(7, seed=21)
+    by_id = {c.qid: c for c in cases}
+    clients = {r: WorldClient(r, by_id) for r in ("actor", "user_judge", "safety_judge", "editor")}
+    cfg = compose_cfg("lingo_bp=one_step", "llm.chunk_size=3", "stackelberg=on", "stackelberg.candidates=2")
+    ctx = RunContext(cfg=cfg, run_dir=tmp_path, cache_root=tmp_path)
+    ctx._service = LLMService({r: RoleBinding(client=c) for r, c in clients.items()}, cache=None, seed=42)
+    inputs = {
+        "generate": [GenerationRecord(id=c.qid, query=c.query, think="t",
+                                      response=render_reply(c.qid, sorted(tokens_of(c.initial)))) for c in cases]
+        + [GenerationRecord(id="broken", query="QID-000 x", failure="actor: empty reply")],
+        "assess": [AssessmentRecord(id=c.qid, assessment=RiskAssessment(
+            category="Unknown Risk", follower_posterior={"malicious": 1.0} if i % 2 else None))
+            for i, c in enumerate(cases)] + [AssessmentRecord(id="broken", failure="upstream")],
+        "extract": [ChainRecord(id=c.qid, chain=c.initial) for c in cases] + [ChainRecord(id="broken")],
+    }
+    path = tmp_path / "optimize.jsonl"
+    done_before = OptimizeStage().record_type(id=cases[0].qid, query=cases[0].query)
+    journal = Journal(path, OptimizeRecord)
+    journal.append(done_before)                                   # a record a killed run already wrote
+    OptimizeStage().run(ctx, inputs, journal, CacheEntry(tmp_path, "optimize", "k" * 20))
+    recs = [OptimizeRecord.model_validate_json(x) for x in path.read_text().splitlines()]
+    ids = [r.id for r in recs]
+    assert sorted(ids) == sorted([*by_id, "broken"]) and len(ids) == len(set(ids))
+    assert recs[0] == done_before                                 # kept, not recomputed
+    assert next(r for r in recs if r.id == "broken").failure == "upstream: actor: empty reply"
+    assert max(clients["editor"].batches) <= 3                    # chunks of llm.chunk_size
+    assert clients["actor"].batches[0] == 3 * 2                   # 3 queries x K=2 initial candidates, one call
+    for r in recs[1:]:
+        if r.id != "broken":
+            assert r.follower_posterior is not None and r.trace[0].candidates is not None
