@@ -2,10 +2,13 @@
 stage's call pattern, where every LLM call was a batch of 1).
 
     .venv/bin/python benchmarks/optimize_lockstep.py --queries 8 --repeats 2    # prints one JSON line last
+    .venv/bin/python benchmarks/optimize_lockstep.py --backend loopback --queries 32 --latency 0.2
 
-Both sides run the same Lingo-BP loop (`lingo_bp=one_step` unless --lingo-bp, the `llm=local` roles, no
-call cache) on the same seed queries; the sequential side calls it with one query per chunk, ours with
-all of them in one chunk. Each side runs in its own subprocess (own time and peak RSS); runs alternate.
+Both sides run the same Lingo-BP loop (`lingo_bp=one_step` unless --lingo-bp, no call cache) on the same
+seed queries; the sequential side calls it with one query per chunk, ours with all of them in one chunk.
+`--backend local`: the `llm=local` roles on SmolLM2 (CPU). `--backend loopback`: `llm=openai` against the
+project's loopback OpenAI-compatible server with a fixed latency per request (a remote server's shape).
+Each side runs in its own subprocess (own time and peak RSS); runs alternate.
 """
 from __future__ import annotations
 
@@ -35,26 +38,36 @@ def _inputs(n: int) -> list:
                        category="Unknown Risk", guideline="1. Do not give harmful specifics.") for r in rows]
 
 
-def side(mode: str, n: int, lingo_bp: str) -> dict:
+def side(mode: str, n: int, lingo_bp: str, backend: str, latency: float) -> dict:
+    from contextlib import ExitStack
+
     from hydra import compose, initialize_config_dir
 
     import oyster_exp.cli  # noqa: F401 - registers the schema
     from oyster_exp.csa.optimize import optimize_batch
     from oyster_exp.llm.build import build_service
+    from oyster_exp.llm.loopback import serve
     from oyster_exp.stages.optimize import settings_from
 
+    stack = ExitStack()
+    overrides = [f"lingo_bp={lingo_bp}", "llm.call_cache=false"]
+    if backend == "loopback":
+        url, _ = stack.enter_context(serve(latency_s=latency, keep_bodies=False))
+        overrides += ["llm=openai", f"llm.base_url={url}", "llm.model=bench"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"lingo_bp={lingo_bp}", "llm.call_cache=false"])
+        cfg = compose(config_name="config", overrides=overrides)
     service = build_service(cfg, Path("/nonexistent"))
     items = _inputs(n)
     s = settings_from(cfg)
-    service.roles["actor"].client.encode("warm up")   # load the model before the clock starts
+    if backend == "local":
+        service.roles["actor"].client.encode("warm up")   # load the model before the clock starts
     chunk = 1 if mode == "sequential" else len(items)
     t0, c0 = time.perf_counter(), time.process_time()
     results = []
     for i in range(0, len(items), chunk):
         results += optimize_batch(service, items[i:i + chunk], s)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    stack.close()
     u = service.usage.totals()
     return {"side": mode, "queries": len(items), "seconds": round(dt, 2), "cpu_s": round(cpu, 2),
             "s_per_query": round(dt / len(items), 2),
@@ -68,14 +81,17 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--lingo-bp", default="one_step")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--backend", choices=["local", "loopback"], default="local")
+    ap.add_argument("--latency", type=float, default=0.2, help="loopback: seconds per request")
     a = ap.parse_args()
     if a.side:
-        print(json.dumps(side(a.side, a.queries, a.lingo_bp)))
+        print(json.dumps(side(a.side, a.queries, a.lingo_bp, a.backend, a.latency)))
         return
     runs: dict[str, list[dict]] = {"lockstep": [], "sequential": []}
     for rep in range(a.repeats):
         for s in (("sequential", "lockstep") if rep % 2 == 0 else ("lockstep", "sequential")):
-            cmd = [sys.executable, __file__, "--side", s, "--queries", str(a.queries), "--lingo-bp", a.lingo_bp]
+            cmd = [sys.executable, __file__, "--side", s, "--queries", str(a.queries), "--lingo-bp", a.lingo_bp,
+                   "--backend", a.backend, "--latency", str(a.latency)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                  env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"})
             runs[s].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -85,7 +101,9 @@ def main() -> None:
     lock_cpu = min(r["cpu_s"] for r in runs["lockstep"])
     seq_cpu = min(r["cpu_s"] for r in runs["sequential"])
     print(json.dumps({
-        "benchmark": "optimize_lockstep", "model": "SmolLM2-135M-Instruct fp32 CPU", "lingo_bp": a.lingo_bp,
+        "benchmark": "optimize_lockstep",
+        "backend": "SmolLM2-135M-Instruct fp32 CPU" if a.backend == "local" else f"loopback {a.latency}s/request",
+        "lingo_bp": a.lingo_bp,
         "queries": a.queries, "repeats": a.repeats, "lockstep_s": lock, "sequential_s": seq,
         "speedup": round(seq / lock, 2), "lockstep_cpu_s": lock_cpu, "sequential_cpu_s": seq_cpu,
         "cpu_speedup": round(seq_cpu / lock_cpu, 2),
