@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, computed_field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, computed_field, model_serializer
 
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.schemas import RiskAssessment, SafetyJudgement, UserJudgement
@@ -45,7 +47,36 @@ class ChainRecord(Record):
     chain: SafetyChain | None = None
 
 
-class TraceEntry(BaseModel):
+class _OmitUnset(BaseModel):
+    """Optional fields added after a record type shipped are left out while unset (None), so a run
+    that does not use them writes the same bytes as before."""
+
+    _omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for key in self._omit_if_none:
+            if isinstance(data, dict) and data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class TraceCandidate(BaseModel):
+    """One Stackelberg candidate of a step: its response, predicted outcome and expected payoff."""
+
+    response: str
+    seed: int
+    satisfaction: float | None = None      # user simulator score (Retention)
+    risk: float | None = None              # 1 - safety score
+    cost: float = 0.0                      # response tokens / actor max_tokens
+    payoff: float | None = None            # sum_theta p(theta|x) [alpha Retention - beta Risk - gamma Cost]
+    failure: str | None = None
+
+
+class TraceEntry(_OmitUnset):
+    _omit_if_none = ("parent", "candidates", "chosen")
+
     iteration: int
     mode: str                              # "initial" or a Lingo-BP mode
     chain: SafetyChain | None = None
@@ -55,13 +86,20 @@ class TraceEntry(BaseModel):
     safety: SafetyJudgement | None = None
     reward: float | None = None
     failure: str | None = None
+    parent: int | None = None              # the entry this step edited (differs from the previous one
+                                           # when the regression guard went back to the best)
+    candidates: list[TraceCandidate] | None = None   # stackelberg=on: every candidate of this step
+    chosen: int | None = None              # index of the kept candidate
 
 
-class OptimizeRecord(Record):
+class OptimizeRecord(Record, _OmitUnset):
+    _omit_if_none = ("follower_posterior", "stop_reason")
     query: str
     language: str = "en"
     trace: list[TraceEntry] = Field(default_factory=list)
     best_index: int | None = None
+    follower_posterior: dict[str, float] | None = None   # p(theta|x) the leader weighted by (stackelberg=on)
+    stop_reason: str | None = None         # why the loop ended before the schedule did (pearl point, failure)
 
 
 class PairRecord(Record):

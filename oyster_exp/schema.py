@@ -142,10 +142,41 @@ class StackelbergConfig:
     alpha: float = field(default=1.0, metadata=_r(ge=0.0))
     beta: float = field(default=1.0, metadata=_r(ge=0.0))
     gamma: float = field(default=0.0, metadata=_r(ge=0.0))
+    temperature: float = field(default=0.7, metadata=_r(ge=0.0))   # sampling temperature of candidates 2..K
     retention_by_type: dict[str, float] = field(
         default_factory=lambda: {"benign": 1.0, "sensitive": 1.0, "malicious": 0.0})
     risk_by_type: dict[str, float] = field(
         default_factory=lambda: {"benign": 1.0, "sensitive": 1.0, "malicious": 2.0})
+
+
+class SimilarityName(str, Enum):
+    exact = "exact"                          # only identical strategies match: edits are adds and deletes
+    jaccard = "jaccard"                      # word (CJK: bigram) overlap
+    simhash = "simhash"                      # 64-bit simhash, as the paper's code
+    embedding = "embedding"                  # cosine of mean-pooled input embeddings of the base model
+
+
+@dataclass
+class UnfrozenConfig:
+    """Chain nodes each Lingo-BP mode may change; every other node is copied (frozen)."""
+    user: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies"])
+    developer: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies", "safety_strategies"])
+    both: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies", "safety_strategies"])
+
+
+@dataclass
+class PearlPoint:
+    """Scores at which a mode stops early; None = not required."""
+    satisfaction: float | None = field(default=1.0, metadata=_r(ge=-1.0, le=1.0))
+    safety: float | None = field(default=1.0, metadata=_r(ge=0.0, le=1.0))
+
+
+@dataclass
+class EarlyStopConfig:
+    enabled: bool = True
+    user: PearlPoint = field(default_factory=lambda: PearlPoint(satisfaction=1.0, safety=None))
+    developer: PearlPoint = field(default_factory=lambda: PearlPoint(satisfaction=None, safety=1.0))
+    both: PearlPoint = field(default_factory=PearlPoint)
 
 
 @dataclass
@@ -153,7 +184,11 @@ class LingoBPConfig:
     name: str = MISSING
     iterations: list[LingoMode] = field(default_factory=lambda: [LingoMode.both] * 3)
     max_strategy_changes: int = field(default=2, metadata=_r(ge=0))
-    pruning: bool = False
+    similarity: SimilarityName = SimilarityName.simhash
+    replace_threshold: float | None = field(default=None, metadata=_r(ge=0.0, le=1.0))
+    unfrozen: UnfrozenConfig = field(default_factory=UnfrozenConfig)
+    regression_guard: bool = True
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     satisfaction_weight: float = field(default=1.0, metadata=_r(ge=0.0))
     safety_weight: float = field(default=1.0, metadata=_r(ge=0.0))
 
@@ -339,6 +374,16 @@ def _check_peft(cfg: DictConfig) -> None:
                           "trainer=gpu (or ddp) on a GPU machine, or peft=lora on CPU")
 
 
+def _check_unfrozen(lb: Any) -> None:
+    from oyster_exp.csa.chain import NODE_NAMES
+
+    for mode in LingoMode:
+        for node in lb.unfrozen[mode.value]:
+            if node not in NODE_NAMES:
+                raise ConfigError(f"lingo_bp.unfrozen.{mode.value}",
+                                  f"unknown chain node {node!r}; choose from {', '.join(NODE_NAMES)}")
+
+
 def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
     """Range and cross-field checks that OmegaConf's type system cannot express."""
     _check_ranges(cfg, Config(), "")
@@ -365,6 +410,7 @@ def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
         raise ConfigError("data.path", "required when data.source=file")
     if cfg.model.source in (ModelSource.local_path, ModelSource.hub, "local_path", "hub") and not cfg.model.path:
         raise ConfigError("model.path", f"required when model.source={cfg.model.source}")
+    _check_unfrozen(cfg.lingo_bp)
     for required in ("actor", "user_judge", "safety_judge", "editor"):
         if required not in cfg.llm.roles:
             raise ConfigError(f"llm.roles.{required}", "missing role; every LLM role needs a client")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.lingo_bp import apply_edit
+from oyster_exp.csa.lingo_bp import EditSettings, apply_edit
 from oyster_exp.csa.schemas import EditReply, SafetyJudgement, UserJudgement
 from oyster_exp.csa.strategies import minimal_update
 from oyster_exp.records import OptimizeRecord, TraceEntry
@@ -42,11 +42,14 @@ def test_user_mode_freezes_safety_nodes_and_never_mutates_input() -> None:
                         usefulness_strategies=["u1"], safety_strategies=["s1"])
     edit = EditReply(suggestion="x", user_needs="n2", risk_intent="r2", safety_guidelines="g2",
                      usefulness_strategies=["u2"], safety_strategies=["s2"])
-    out = apply_edit(chain, edit, "user", 2)
+    settings = EditSettings(unfrozen={"user": ["user_needs", "usefulness_strategies"],
+                                      "both": ["user_needs", "risk_intent", "usefulness_strategies",
+                                               "safety_strategies"]})
+    out = apply_edit(chain, edit, "user", settings)
     assert out.user_needs == "n2" and out.usefulness_strategies == ["u2"]
     assert out.risk_intent == "r" and out.safety_guidelines == "g" and out.safety_strategies == ["s1"]
     assert chain.user_needs == "n"  # the old chain is untouched (no history aliasing)
-    both = apply_edit(chain, edit, "both", 2)
+    both = apply_edit(chain, edit, "both", settings)
     assert both.risk_intent == "r2" and both.safety_strategies == ["s2"]
 
 

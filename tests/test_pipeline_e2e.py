@@ -133,8 +133,9 @@ def test_a_needed_stage_missing_from_cache_is_a_clear_error(tmp_path: Path) -> N
 
 def test_kill_during_optimize_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "outputs"
+    # small chunks: the lockstep optimize loop journals a chunk's records when their loops end
     args = [*TINY, "data.limit=30", "data.heldout_fraction=0.1",
-            "lingo_bp=paper"]
+            "lingo_bp=paper", "llm.chunk_size=4"]
     proc = subprocess.Popen([sys.executable, "-m", "oyster_exp.cli", *args], env=_env(out), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = None

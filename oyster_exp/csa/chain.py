@@ -32,6 +32,9 @@ _LABELS: dict[str, dict[str, str]] = {
 }
 
 NO_RISK_MARKERS = ("no risk", "none", "benign", "无风险", "无")
+# The chain's nodes by name: what `lingo_bp.unfrozen.<mode>` lists may contain.
+NODE_NAMES: tuple[str, ...] = ("user_needs", "risk_intent", "safety_guidelines", "usefulness_strategies",
+                               "safety_strategies")
 
 
 class SafetyChain(BaseModel):
@@ -66,4 +69,16 @@ class SafetyChain(BaseModel):
         lines.append(f"- {lab['usefulness']}: {sep.join(chain.usefulness_strategies)}")
         if chain.safety_strategies:
             lines.append(f"- {lab['safety']}: {sep.join(chain.safety_strategies)}")
+        return "\n".join(lines)
+
+    def editor_view(self) -> str:
+        """Every node under its field name (the editor's reply uses the same names), strategies one per line.
+
+        The editor sees all nodes, also of a no-risk chain, because it must copy the frozen ones.
+        """
+        lines = [f"user_needs: {self.user_needs}", f"risk_intent: {self.risk_intent}",
+                 f"safety_guidelines: {self.safety_guidelines}", "usefulness_strategies:"]
+        lines += [f"  - {s}" for s in self.usefulness_strategies]
+        lines.append("safety_strategies:")
+        lines += [f"  - {s}" for s in self.safety_strategies]
         return "\n".join(lines)

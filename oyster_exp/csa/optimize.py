@@ -1,28 +1,84 @@
-"""The Lingo-BP loop for one query: judge -> backprop -> recombine -> re-judge, keeping a trace.
+"""The Lingo-BP loop: judge -> backprop -> recombine -> re-judge, in lockstep over many queries.
 
-Every trace entry owns its own chain (no aliasing); a failed step is recorded in the trace with its
-reason and ends the loop for that query, the entries before it stay usable.
+All still-active queries take each step together: one service call judges all of them, one edits
+all, one recombines all (K candidates each with Stackelberg selection), one re-judges all, so a
+local backend batches and a remote one fans out. A query leaves the batch when its loop ends
+(schedule done, pearl point reached, or a failure) and is handed to `on_done` at once, so the
+stage can journal it. Every trace entry owns its own chain (no aliasing); a failed step is
+recorded in the trace with its reason and ends that query's loop; the entries before it stay usable.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.lingo_bp import backprop
+from oyster_exp.csa.lingo_bp import EditItem, EditSettings, Rejected, backprop
 from oyster_exp.csa.players import JudgeItem, judge_safety, judge_user
 from oyster_exp.csa.prompts import render
+from oyster_exp.csa.schemas import SafetyJudgement, UserJudgement
+from oyster_exp.csa.stackelberg import CandidateOutcome, PayoffWeights, choose, expected_payoff, normalise_posterior
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService
-from oyster_exp.records import TraceEntry
+from oyster_exp.records import TraceCandidate, TraceEntry
+
+SEED_STRIDE = 1000   # candidate k samples with seed + k * SEED_STRIDE (retries add 1, 2, ...: no overlap)
+
+
+@dataclass(frozen=True)
+class PearlPoint:
+    """Scores at which a mode's loop stops; None = not required."""
+    satisfaction: float | None = 1.0
+    safety: float | None = 1.0
+
+    def reached(self, entry: TraceEntry) -> bool:
+        if self.satisfaction is not None and (entry.user is None or entry.user.score < self.satisfaction):
+            return False
+        return not (self.safety is not None and (entry.safety is None or entry.safety.score < self.safety))
 
 
 @dataclass
 class LoopSettings:
     iterations: list[str]
-    max_changes: int = 2
-    pruning: bool = False
+    edit: EditSettings = field(default_factory=lambda: EditSettings(unfrozen={}))
     w_satisfaction: float = 1.0
     w_safety: float = 1.0
+    regression_guard: bool = True
+    early_stop: Mapping[str, PearlPoint] | None = None     # mode -> pearl point; None = run the whole schedule
+    stackelberg: bool = False
+    candidates: int = 1                                    # K (stackelberg only)
+    weights: PayoffWeights = field(default_factory=PayoffWeights)
+    temperature: float = 0.7                               # sampling temperature of candidates 2..K
+    actor_max_tokens: int = 128                            # Cost = response tokens / this
+    system_prompt: str = ""                                # the actor's system prompt of the generate stage
+
+    @property
+    def k(self) -> int:
+        return max(1, self.candidates) if self.stackelberg else 1
+
+
+@dataclass
+class QueryInput:
+    id: str
+    query: str
+    lang: str
+    think: str
+    response: str
+    chain: SafetyChain
+    category: str
+    guideline: str
+    posterior: dict[str, float] | None = None             # p(theta|x) from the assess stage
+
+
+@dataclass
+class QueryResult:
+    item: QueryInput
+    trace: list[TraceEntry] = field(default_factory=list)
+    stop_reason: str | None = None
+
+    @property
+    def best_index(self) -> int | None:
+        return best_index(self.trace)
 
 
 def reward(entry: TraceEntry, s: LoopSettings) -> float | None:
@@ -31,54 +87,202 @@ def reward(entry: TraceEntry, s: LoopSettings) -> float | None:
     return s.w_satisfaction * entry.user.score + s.w_safety * entry.safety.score
 
 
-def recombine(service: LLMService, chain: SafetyChain, query: str, lang: str) -> tuple[str, str, str | None]:
-    """New (think, response) from a chain: the chain is the reasoning, the actor answers by it."""
-    think = chain.render(lang)  # benign queries get the collapsed no-risk chain here
-    conv = [ChatMessage(role="system", content=render("recombine", lang, plan=think)),
-            ChatMessage(role="user", content=query)]
-    out = service.text("actor", [conv])[0]
-    return think, out.text, out.failure
+def best_index(trace: Sequence[TraceEntry]) -> int | None:
+    """The highest-reward entry; the earliest on ties (a later entry must improve to win)."""
+    scored = [(e.reward, -i) for i, e in enumerate(trace) if e.reward is not None]
+    return -max(scored)[1] if scored else None
 
 
-def _judge(service: LLMService, entry: TraceEntry, item: JudgeItem, s: LoopSettings) -> TraceEntry:
-    u = judge_user(service, [item])[0]
-    sf = judge_safety(service, [item])[0]
-    entry.user, entry.safety = u.value, sf.value
-    fails = [f for f in (u.failure, sf.failure) if f]
-    entry.failure = "; ".join(fails) or None
-    entry.reward = reward(entry, s)
-    return entry
+def start_index(trace: Sequence[TraceEntry], guard: bool) -> int:
+    """The entry the next step edits: the last one, or the best one when the last scored below it."""
+    last = len(trace) - 1
+    if not guard:
+        return last
+    best = best_index(trace)
+    if best is None or trace[last].reward is None:
+        return last
+    return best if trace[last].reward < trace[best].reward else last  # type: ignore[operator]
 
 
-def satisfied(prev: TraceEntry, mode: str) -> bool:
-    user_ok = prev.user is not None and prev.user.score >= 1.0
-    safe_ok = prev.safety is not None and prev.safety.score >= 1.0
-    return {"user": user_ok, "developer": safe_ok, "both": user_ok and safe_ok}[mode]
+def recombine_messages(chain: SafetyChain, query: str, lang: str) -> tuple[str, list[ChatMessage]]:
+    """The chain rendered as reasoning (the collapsed no-risk chain for benign queries) and the prompt."""
+    think = chain.render(lang)
+    return think, [ChatMessage(role="system", content=render("recombine", lang, plan=think)),
+                   ChatMessage(role="user", content=query)]
 
 
-def optimize_query(service: LLMService, query: str, lang: str, think: str, response: str, chain: SafetyChain,
-                   category: str, guideline: str, s: LoopSettings) -> list[TraceEntry]:
-    item = JudgeItem(query=query, response=response, language=lang, category=category, guideline=guideline)
-    trace = [_judge(service, TraceEntry(iteration=0, mode="initial", chain=chain, think=think, response=response),
-                    item, s)]
+@dataclass
+class _Draft:
+    """A step's candidates for one query, before judging."""
+    state: QueryResult
+    iteration: int
+    mode: str
+    chain: SafetyChain | None
+    think: str
+    texts: list[str]
+    tokens: list[int]
+    failures: list[str | None]
+    seeds: list[int]
+    parent: int | None = None
+
+
+Sample = tuple[str, int, str | None, int]   # (text, completion tokens, failure, seed)
+
+
+def _sample(service: LLMService, convs: list[list[ChatMessage]], s: LoopSettings) -> list[list[Sample]]:
+    """K replies per conversation in one service call: (text, tokens, failure, seed) each."""
+    k = s.k
+    flat = [c for c in convs for _ in range(k)]
+    offsets = [j * SEED_STRIDE for _ in convs for j in range(k)]
+    temps: list[float | None] = [None if j == 0 else s.temperature for _ in convs for j in range(k)]
+    outs = service.text("actor", flat, seed_offsets=offsets if k > 1 else None, temperatures=temps if k > 1 else None)
+    res = [(o.text, o.completion_tokens, o.failure, service.seed + off) for o, off in zip(outs, offsets)]
+    return [res[i * k:(i + 1) * k] for i in range(len(convs))]
+
+
+def _outcome(u: UserJudgement, sf: SafetyJudgement, tokens: int, s: LoopSettings) -> CandidateOutcome:
+    reaction = getattr(u, "reaction", None)   # a per-type prediction, when the user simulator gives one
+    return CandidateOutcome(satisfaction=u.score, risk=1.0 - sf.score,
+                            cost=min(1.0, tokens / max(1, s.actor_max_tokens)),
+                            reaction=reaction if isinstance(reaction, Mapping) else None)
+
+
+def _judge_drafts(service: LLMService, drafts: list[_Draft], s: LoopSettings) -> list[TraceEntry]:
+    """Judge every candidate of every draft (one call per judge), keep the leader's choice per draft."""
+    slots = [(d, j) for d in drafts for j in range(len(d.texts)) if d.failures[j] is None]
+    items = [JudgeItem(query=d.state.item.query, response=d.texts[j], language=d.state.item.lang,
+                       category=d.state.item.category, guideline=d.state.item.guideline) for d, j in slots]
+    users = judge_user(service, items) if items else []
+    safeties = judge_safety(service, items) if items else []
+    judged: dict[tuple[int, int], tuple[object, object]] = {
+        (id(d), j): (u, sf) for (d, j), u, sf in zip(slots, users, safeties)}
+    entries = []
+    for d in drafts:
+        posterior = normalise_posterior(d.state.item.posterior)
+        cands: list[TraceCandidate] = []
+        valid: list[tuple[int, CandidateOutcome]] = []
+        for j, text in enumerate(d.texts):
+            u, sf = judged.get((id(d), j), (None, None))
+            fails = [f for f in (d.failures[j], getattr(u, "failure", None), getattr(sf, "failure", None)) if f]
+            uv, sv = getattr(u, "value", None), getattr(sf, "value", None)
+            c = TraceCandidate(response=text, seed=d.seeds[j], cost=min(1.0, d.tokens[j] / max(1, s.actor_max_tokens)),
+                               failure="; ".join(fails) or None)
+            if uv is not None and sv is not None:
+                out = _outcome(uv, sv, d.tokens[j], s)
+                c.satisfaction, c.risk = out.satisfaction, out.risk
+                c.payoff = expected_payoff(out, posterior, s.weights)
+                valid.append((j, out))
+            cands.append(c)
+        if s.k > 1 and valid:
+            pick = valid[choose([o for _, o in valid], posterior, s.weights)][0]
+        elif valid:
+            pick = valid[0][0]
+        else:   # nothing judged: keep the first reply that exists, with its failure
+            pick = next((j for j, f in enumerate(d.failures) if f is None), 0)
+        u, sf = judged.get((id(d), pick), (None, None))
+        failure = cands[pick].failure
+        entry = TraceEntry(iteration=d.iteration, mode=d.mode, chain=d.chain, think=d.think,
+                           response=d.texts[pick] or d.state.item.response,
+                           user=getattr(u, "value", None), safety=getattr(sf, "value", None), failure=failure,
+                           parent=d.parent)
+        if s.k > 1:
+            entry.candidates, entry.chosen = cands, pick
+        entry.reward = reward(entry, s)
+        entries.append(entry)
+    return entries
+
+
+def _initial(service: LLMService, states: list[QueryResult], s: LoopSettings) -> None:
+    drafts = []
+    if s.k > 1:
+        convs = [([ChatMessage(role="system", content=s.system_prompt)] if s.system_prompt else [])
+                 + [ChatMessage(role="user", content=st.item.query)] for st in states]
+        for st, cands in zip(states, _sample(service, convs, s)):
+            drafts.append(_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), st.item.think,
+                                 [c[0] for c in cands],
+                                 [c[1] for c in cands], [c[2] for c in cands], [c[3] for c in cands]))
+    else:
+        drafts = [_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), st.item.think, [st.item.response],
+                         [0], [None], [service.seed]) for st in states]
+    for d, entry in zip(drafts, _judge_drafts(service, drafts, s)):
+        d.state.trace.append(entry)
+
+
+def _step(service: LLMService, states: list[QueryResult], i: int, mode: str, s: LoopSettings,
+          finish: Callable[[QueryResult, str | None], None]) -> None:
+    """One Lingo-BP epoch for every active query: edit all, recombine all, judge all."""
+    ready: list[tuple[QueryResult, int]] = []
+    for st in states:
+        last = st.trace[-1]
+        if last.user is None or last.safety is None:
+            finish(st, f"failure at iteration {last.iteration}: {last.failure or 'not judged'}")
+            continue
+        start = start_index(st.trace, s.regression_guard)
+        pearl = s.early_stop.get(mode) if s.early_stop is not None else None
+        if pearl is not None and pearl.reached(st.trace[start]):
+            finish(st, f"pearl point reached at iteration {st.trace[start].iteration} ({mode})")
+            continue
+        ready.append((st, start))
+    if not ready:
+        return
+    items = []
+    for st, start in ready:
+        base, last = st.trace[start], st.trace[-1]
+        assert base.chain is not None
+        # going back past a regression: tell the editor what did not work, so it does not repeat it
+        rejected = None if start == len(st.trace) - 1 else Rejected(
+            strategies=[*last.chain.usefulness_strategies, *last.chain.safety_strategies] if last.chain else [],
+            satisfaction=last.user.score if last.user else None, safety=last.safety.score if last.safety else None)
+        items.append(EditItem(st.item.query, base.response, base.chain, base.user, base.safety, mode, st.item.lang,
+                              rejected))
+    edits = backprop(service, items, s.edit)
+    drafts: list[tuple[QueryResult, int, SafetyChain, str, list[ChatMessage]]] = []
+    for (st, start), out in zip(ready, edits):
+        parent = start if start != len(st.trace) - 1 else None
+        if out.value is None:
+            st.trace.append(TraceEntry(iteration=i, mode=mode, chain=None, response=st.trace[start].response,
+                                       failure=f"editor: {out.failure}", parent=parent))
+            finish(st, f"failure at iteration {i}: editor")
+            continue
+        think, conv = recombine_messages(out.value, st.item.query, st.item.lang)
+        drafts.append((st, start, out.value, think, conv))
+    if not drafts:
+        return
+    sampled = _sample(service, [conv for *_, conv in drafts], s)
+    judged = []
+    for (st, start, chain, think, _), cands in zip(drafts, sampled):
+        parent = start if start != len(st.trace) - 1 else None
+        if all(c[2] is not None for c in cands):
+            st.trace.append(TraceEntry(iteration=i, mode=mode, chain=chain, think=think,
+                                       response=st.trace[start].response, parent=parent,
+                                       failure=f"recombine: {cands[0][2]}"))
+            finish(st, f"failure at iteration {i}: recombine")
+            continue
+        judged.append(_Draft(st, i, mode, chain, think, [c[0] for c in cands], [c[1] for c in cands],
+                             [c[2] for c in cands], [c[3] for c in cands], parent))
+    for d, entry in zip(judged, _judge_drafts(service, judged, s)):
+        d.state.trace.append(entry)
+
+
+def optimize_batch(service: LLMService, items: Sequence[QueryInput], s: LoopSettings,
+                   on_done: Callable[[QueryResult], None] | None = None) -> list[QueryResult]:
+    """Run the loop for `items` in lockstep; `on_done` gets each query as soon as its loop ends."""
+    states = [QueryResult(item=it) for it in items]
+    active = {id(st): st for st in states}
+
+    def finish(st: QueryResult, reason: str | None) -> None:
+        if id(st) in active:
+            del active[id(st)]
+            st.stop_reason = reason
+            if on_done is not None:
+                on_done(st)
+
+    if states:
+        _initial(service, states, s)
     for i, mode in enumerate(s.iterations, start=1):
-        prev = trace[-1]
-        if prev.failure and (prev.user is None or prev.safety is None):
+        if not active:
             break
-        if s.pruning and satisfied(prev, mode):
-            break
-        assert prev.chain is not None
-        step = backprop(service, query, prev.response, prev.chain, prev.user, prev.safety, mode, lang, s.max_changes)
-        if step.value is None:
-            trace.append(TraceEntry(iteration=i, mode=mode, chain=None, response=prev.response,
-                                    failure=f"editor: {step.failure}"))
-            break
-        new_think, new_response, fail = recombine(service, step.value, query, lang)
-        if fail:
-            trace.append(TraceEntry(iteration=i, mode=mode, chain=step.value, think=new_think,
-                                    response=prev.response, failure=f"recombine: {fail}"))
-            break
-        entry = TraceEntry(iteration=i, mode=mode, chain=step.value, think=new_think, response=new_response)
-        item = JudgeItem(query=query, response=new_response, language=lang, category=category, guideline=guideline)
-        trace.append(_judge(service, entry, item, s))
-    return trace
+        _step(service, list(active.values()), i, mode, s, finish)
+    for st in list(active.values()):
+        finish(st, None)   # the schedule ended; a failed last entry carries its own reason
+    return states

@@ -2,35 +2,117 @@
 
 Fixes over the reference implementation: the current list is the base and the proposal the
 candidate (not swapped), items are counted (not characters), order is kept (no sets), and the
-result is always a list (no separator mix-ups). The similarity function is pluggable.
+result is always a list (no separator mix-ups). The similarity function is pluggable
+(`lingo_bp.similarity`): exact, jaccard, simhash, or a sentence embedding from the base model.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 Similarity = Callable[[str, str], float]
 
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
-def _units(text: str) -> set[str]:
+
+def _units(text: str) -> list[str]:
     """Words for space-separated text; character bigrams for CJK (no spaces to split on)."""
     text = text.lower().strip()
-    words = text.split()
-    if len(words) > 1:
-        return set(words)
-    return {text[i:i + 2] for i in range(max(1, len(text) - 1))}
+    if _CJK.search(text):
+        chars = [c for c in text if not c.isspace()]
+        return [a + b for a, b in zip(chars, chars[1:])] or chars
+    return re.findall(r"\w+", text) or ([text] if text else [])
+
+
+def exact(a: str, b: str) -> float:
+    """1 for the same strategy (case and surrounding space ignored), else 0: no replacements."""
+    return 1.0 if a.strip().lower() == b.strip().lower() else 0.0
 
 
 def jaccard(a: str, b: str) -> float:
-    ua, ub = _units(a), _units(b)
+    ua, ub = set(_units(a)), set(_units(b))
     if not ua and not ub:
         return 1.0
     return len(ua & ub) / len(ua | ub)
 
 
-def _clean(items: list[str]) -> list[str]:
+def simhash(text: str, bits: int = 64) -> int:
+    """Charikar's simhash over word units (CJK: character bigrams), as the paper's code uses."""
+    acc = [0] * bits
+    for unit in _units(text):
+        h = int.from_bytes(hashlib.blake2b(unit.encode(), digest_size=8).digest(), "big")
+        for i in range(bits):
+            acc[i] += 1 if h >> i & 1 else -1
+    return sum(1 << i for i in range(bits) if acc[i] > 0)
+
+
+def simhash_similarity(a: str, b: str) -> float:
+    """1 - Hamming distance / 64 between the two simhashes (the reference's measure)."""
+    return 1.0 - bin(simhash(a) ^ simhash(b)).count("1") / 64.0
+
+
+class EmbeddingSimilarity:
+    """Cosine of mean-pooled input embeddings of the base model: a sentence embedding, no downloads.
+
+    Reads only the embedding matrix (safetensors) and the tokenizer of a local checkpoint, so it
+    costs one small tensor in memory and no forward pass; good enough to tell a rewording from a
+    new idea, which is all the minimal update needs.
+    """
+
+    def __init__(self, model_dir: str | Path):
+        from safetensors import safe_open
+        from tokenizers import Tokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "tokenizer.json").exists():
+            raise ValueError(f"{model_dir}: no tokenizer.json (lingo_bp.similarity=embedding needs a fast tokenizer)")
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        weight = None
+        for f in sorted(model_dir.glob("*.safetensors")):
+            with safe_open(str(f), framework="numpy") as st:   # numpy: no torch import for one matrix
+                name = next((k for k in st.keys() if k.endswith("embed_tokens.weight")), None)  # noqa: SIM118
+                if name is not None:
+                    weight = st.get_tensor(name).astype("float32")
+                    break
+        if weight is None:
+            raise ValueError(f"{model_dir}: no '*embed_tokens.weight' tensor in its safetensors files")
+        self.weight = weight
+
+    @lru_cache(maxsize=4096)  # noqa: B019 - strategies repeat across steps; the object lives for a stage
+    def embed(self, text: str) -> Any:
+        import numpy as np
+
+        ids = self.tokenizer.encode(text.strip().lower() or " ", add_special_tokens=False).ids
+        vec = self.weight[ids or [0]].mean(0)
+        return vec / (np.linalg.norm(vec) + 1e-8)
+
+    def __call__(self, a: str, b: str) -> float:
+        return max(0.0, float(self.embed(a) @ self.embed(b)))
+
+
+SIMILARITIES: dict[str, Similarity] = {"exact": exact, "jaccard": jaccard, "simhash": simhash_similarity}
+
+
+def similarity_from(name: str, model_dir: str | Path | None = None) -> Similarity:
+    """The similarity named by `lingo_bp.similarity`; `embedding` needs the base model's directory."""
+    if name == "embedding":
+        if model_dir is None:
+            raise ValueError("lingo_bp.similarity=embedding needs a local model directory")
+        return EmbeddingSimilarity(model_dir)
+    if name not in SIMILARITIES:
+        raise ValueError(f"lingo_bp.similarity: unknown {name!r}; choose from embedding, {', '.join(SIMILARITIES)}")
+    return SIMILARITIES[name]
+
+
+def clean(items: list[str]) -> list[str]:
+    """Strip, drop empties and duplicates, keep the first occurrence's position."""
     out: list[str] = []
     for item in items:
-        s = item.strip()
+        s = str(item).strip()
         if s and s not in out:
             out.append(s)
     return out
@@ -38,42 +120,48 @@ def _clean(items: list[str]) -> list[str]:
 
 def minimal_update(current: list[str], proposed: list[str], max_changes: int = 2,
                    similarity: Similarity = jaccard, replace_threshold: float = 0.3) -> list[str]:
-    """Apply the proposal's edits, most similar replacements first, then the most novel additions.
+    """The current list with at most `max_changes` of the proposal's edits applied.
 
-    A proposal at least `replace_threshold` similar to a removed item replaces it in place;
-    one replacement, one addition or one deletion each costs one change. With a budget at least
-    as large as the full edit, the proposal is returned as is.
+    Argument order matters: `current` is the chain's list, `proposed` the editor's. An edit is one
+    item replaced in place (a proposed item at least `replace_threshold` similar to a dropped one),
+    one item added (at the end) or one item deleted; kept items keep their positions. Replacements
+    go first (the most similar first: the smallest change of meaning), then the additions least
+    like what is already there (they add the most), then deletions. When the whole proposal fits the
+    budget it is taken as is. An empty proposal means "no opinion" and changes nothing.
     """
-    current, proposed = _clean(current), _clean(proposed)
+    current, proposed = clean(current), clean(proposed)
+    if not proposed:
+        return current
     added = [p for p in proposed if p not in current]
     removed = [c for c in current if c not in proposed]
-    if len(added) + len(removed) <= max_changes:
-        return proposed or current
+    pairs = sorted(((similarity(a, r), -ia, -ir, a, r) for ia, a in enumerate(added) for ir, r in enumerate(removed)),
+                   reverse=True)
+    replace: dict[str, str] = {}                       # removed item -> its replacement
+    for sim, _, _, a, r in pairs:
+        if sim >= replace_threshold and a not in replace.values() and r not in replace:
+            replace[r] = a
+    full_cost = len(replace) + (len(added) - len(replace)) + (len(removed) - len(replace))
+    if full_cost <= max_changes:
+        return proposed
     result = list(current)
     budget = max_changes
-    # replacements: the new item closest to something removed is the most "minimal" edit
-    pairs = sorted(((similarity(a, r), a, r) for a in added for r in removed), reverse=True)
-    used_a: set[str] = set()
-    used_r: set[str] = set()
-    for _, a, r in pairs:
+    used: set[str] = set()
+    for _, _, _, a, r in pairs:                        # most similar first
         if budget == 0:
             break
-        if a in used_a or r in used_r or _ < replace_threshold:
-            continue
-        result[result.index(r)] = a
-        used_a.add(a)
-        used_r.add(r)
-        budget -= 1
-    rest = [a for a in added if a not in used_a]
-    # additions: the proposal least like what is already there adds the most
-    rest.sort(key=lambda a: max((similarity(a, c) for c in result), default=0.0))
+        if replace.get(r) == a:
+            result[result.index(r)] = a
+            used.update((a, r))
+            budget -= 1
+    rest = [a for a in added if a not in used]
+    rest.sort(key=lambda a: max((similarity(a, c) for c in result), default=0.0))  # stable: ties keep proposal order
     for a in rest[:budget]:
         result.append(a)
         budget -= 1
     for r in removed:
         if budget == 0:
             break
-        if r not in used_r and r in result and len(result) > 1:
+        if r not in used and r in result and len(result) > 1:
             result.remove(r)
             budget -= 1
     return result

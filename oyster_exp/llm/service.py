@@ -29,6 +29,7 @@ class Outcome(Generic[T]):
     text: str = ""
     reasoning: str = ""
     failure: str | None = None
+    completion_tokens: int = 0
 
 
 @dataclass
@@ -70,15 +71,16 @@ class LLMService:
         self.usage = Usage()
 
     def _request(self, role: str, messages: list[ChatMessage], schema: dict[str, Any] | None, attempt: int,
-                 max_tokens: int | None) -> ChatRequest:
+                 max_tokens: int | None, seed_offset: int = 0, temperature: float | None = None) -> ChatRequest:
         b = self.roles[role]
+        temp = b.temperature if temperature is None else temperature
         return ChatRequest(
             messages=messages,
             max_tokens=max_tokens or b.max_tokens,
             # a retry must not repeat the same greedy reply: sample, with a new seed
-            temperature=b.temperature if attempt == 0 else max(b.temperature, 0.7),
+            temperature=temp if attempt == 0 else max(temp, 0.7),
             top_p=b.top_p,
-            seed=self.seed + attempt,
+            seed=self.seed + seed_offset + attempt,
             response_schema=schema,
             max_tokens_per_field=b.max_tokens_per_field,
             enable_thinking=b.enable_thinking,
@@ -118,7 +120,8 @@ class LLMService:
         return out  # type: ignore[return-value]
 
     def _attempts(self, role: str, conversations: list[list[ChatMessage]], schema: type[BaseModel] | None,
-                  parse: Any, max_tokens: int | None = None) -> list[Outcome[Any]]:
+                  parse: Any, max_tokens: int | None = None, seed_offsets: list[int] | None = None,
+                  temperatures: list[float | None] | None = None) -> list[Outcome[Any]]:
         """Ask, check each reply with `parse` (returns an Outcome or a failure reason), re-ask the rest."""
         results: list[Outcome[Any]] = [Outcome() for _ in conversations]
         pending = list(range(len(conversations)))
@@ -128,7 +131,9 @@ class LLMService:
                 break
             if attempt:
                 self.usage.add(self.stage, role, "retries", len(pending))
-            reqs = [self._request(role, conversations[i], json_schema, attempt, max_tokens) for i in pending]
+            reqs = [self._request(role, conversations[i], json_schema, attempt, max_tokens,
+                                  seed_offsets[i] if seed_offsets else 0,
+                                  temperatures[i] if temperatures else None) for i in pending]
             still = []
             for i, reply in zip(pending, self._complete(role, reqs)):
                 out = Outcome(failure=reply) if isinstance(reply, str) else parse(reply)
@@ -144,13 +149,16 @@ class LLMService:
                         results[i].failure)
         return results
 
-    def text(self, role: str, conversations: list[list[ChatMessage]], max_tokens: int | None = None) -> list[Outcome[Any]]:
+    def text(self, role: str, conversations: list[list[ChatMessage]], max_tokens: int | None = None,
+             seed_offsets: list[int] | None = None, temperatures: list[float | None] | None = None) -> list[Outcome[Any]]:
+        """Free-text replies; `seed_offsets`/`temperatures` (per conversation) make sampled alternatives."""
         def parse(reply: ChatResponse) -> Outcome[Any]:
             if not reply.content.strip():
                 return Outcome(failure="empty reply")
-            return Outcome(text=reply.content.strip(), reasoning=reply.reasoning)
+            return Outcome(text=reply.content.strip(), reasoning=reply.reasoning,
+                           completion_tokens=reply.usage.completion_tokens)
 
-        return self._attempts(role, conversations, None, parse, max_tokens)
+        return self._attempts(role, conversations, None, parse, max_tokens, seed_offsets, temperatures)
 
     def structured(self, role: str, conversations: list[list[ChatMessage]], schema: type[T]) -> list[Outcome[T]]:
         self.usage.add(self.stage, role, "structured_requests", len(conversations))

@@ -1,33 +1,73 @@
-"""optimize: Lingo-BP over each query's safety chain, with the full judged trace."""
+"""optimize: Lingo-BP over each query's safety chain (with Stackelberg selection), the full judged trace.
+
+Queries go through the loop in chunks of `llm.chunk_size`, all of a chunk in lockstep; each query's
+record is journaled when its own loop ends, so a killed run resumes without redoing finished queries.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from oyster_exp.artifacts import CacheEntry, Journal
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.optimize import LoopSettings, optimize_query
+from oyster_exp.csa.lingo_bp import EditSettings
+from oyster_exp.csa.optimize import LoopSettings, PearlPoint, QueryInput, QueryResult, optimize_batch
 from oyster_exp.csa.schemas import NO_RISK
+from oyster_exp.csa.stackelberg import normalise_posterior, weights_from
+from oyster_exp.csa.strategies import similarity_from
 from oyster_exp.pipeline import RunContext, Stage
 from oyster_exp.records import OptimizeRecord
 
+DEFAULT_THRESHOLDS = {"exact": 1.0, "jaccard": 0.3, "simhash": 0.75, "embedding": 0.7}
+MODES = ("user", "developer", "both")
 
-def settings_from(cfg: Any) -> LoopSettings:
-    lb = cfg.lingo_bp
-    return LoopSettings(iterations=[str(getattr(m, "value", m)) for m in lb.iterations],
-                        max_changes=int(lb.max_strategy_changes), pruning=bool(lb.pruning),
-                        w_satisfaction=float(lb.satisfaction_weight), w_safety=float(lb.safety_weight))
+
+def _value(x: Any) -> str:
+    return str(getattr(x, "value", x))
+
+
+def settings_from(cfg: Any, actor_max_tokens: int | None = None) -> LoopSettings:
+    """Loop settings from the `lingo_bp` and `stackelberg` config groups."""
+    lb, sb = cfg.lingo_bp, cfg.stackelberg
+    sim_name = _value(lb.similarity)
+    model_dir = None
+    if sim_name == "embedding":
+        from oyster_exp.models.resolve import resolve_model_dir
+
+        model_dir = resolve_model_dir(cfg.model)
+    threshold = lb.replace_threshold if lb.replace_threshold is not None else DEFAULT_THRESHOLDS[sim_name]
+    edit = EditSettings(unfrozen={m: tuple(lb.unfrozen[m]) for m in MODES}, max_changes=int(lb.max_strategy_changes),
+                        similarity=similarity_from(sim_name, model_dir), replace_threshold=float(threshold))
+    es = lb.early_stop
+    early = {m: PearlPoint(satisfaction=es[m].satisfaction, safety=es[m].safety) for m in MODES} if es.enabled else None
+    if actor_max_tokens is None:
+        actor_max_tokens = int(cfg.llm.roles.actor.max_tokens)
+    return LoopSettings(iterations=[_value(m) for m in lb.iterations], edit=edit,
+                        w_satisfaction=float(lb.satisfaction_weight), w_safety=float(lb.safety_weight),
+                        regression_guard=bool(lb.regression_guard), early_stop=early,
+                        stackelberg=bool(sb.enabled), candidates=int(sb.candidates), weights=weights_from(sb),
+                        temperature=float(sb.temperature), actor_max_tokens=actor_max_tokens,
+                        system_prompt=str(cfg.data.system_prompt or ""))
+
+
+def record_from(res: QueryResult, s: LoopSettings) -> OptimizeRecord:
+    it, best = res.item, res.best_index
+    failure = None if best is not None else (res.trace[0].failure if res.trace else None) or "no judged trace entry"
+    return OptimizeRecord(id=it.id, query=it.query, language=it.lang, trace=res.trace, best_index=best,
+                          failure=failure, stop_reason=res.stop_reason,
+                          follower_posterior=normalise_posterior(it.posterior) if s.stackelberg else None)
 
 
 class OptimizeStage(Stage):
     name = "optimize"
     record_type = OptimizeRecord
     inputs = ("generate", "assess", "extract")
-    config_keys = ("llm.roles", "llm.max_retries", "lingo_bp", "stackelberg", "seed")
+    config_keys = ("llm.roles", "llm.max_retries", "lingo_bp", "stackelberg", "seed", "data.system_prompt")
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         s = settings_from(ctx.cfg)
         assess = {r.id: r for r in inputs["assess"]}
         chains = {r.id: r for r in inputs["extract"]}
+        todo: list[QueryInput] = []
         for g in inputs["generate"]:
             if g.id in journal:
                 continue
@@ -39,11 +79,11 @@ class OptimizeStage(Stage):
                 continue
             category = (a.assessment.category if a.assessment else None) or NO_RISK
             guideline = "\n".join(f"{i}. {r}" for i, r in enumerate(a.guideline, 1))
-            chain = c.chain or SafetyChain()
-            trace = optimize_query(ctx.service, g.query, g.language, g.think, g.response, chain, category,
-                                   guideline, s)
-            rewards = [(e.reward, i) for i, e in enumerate(trace) if e.reward is not None]
-            best = max(rewards)[1] if rewards else None
-            failure = None if best is not None else (trace[0].failure or "no judged trace entry")
-            journal.append(OptimizeRecord(id=g.id, query=g.query, language=g.language, trace=trace,
-                                          best_index=best, failure=failure))
+            posterior = getattr(a.assessment, "follower_posterior", None) if a.assessment else None
+            todo.append(QueryInput(id=g.id, query=g.query, lang=g.language, think=g.think, response=g.response,
+                                   chain=c.chain or SafetyChain(), category=category, guideline=guideline,
+                                   posterior=posterior))
+        size = int(ctx.cfg.llm.chunk_size)
+        for start in range(0, len(todo), size):
+            optimize_batch(ctx.service, todo[start:start + size], s,
+                           on_done=lambda res: journal.append(record_from(res, s)))

@@ -23,7 +23,11 @@ def render(name: str, lang: str, **variables: object) -> str:
     path = f"{lang}/{name}.j2"
     if not (_DIR / path).exists():
         path = f"en/{name}.j2"
-    return env.get_template(path).render(**variables).strip()
+    text = env.get_template(path).render(**variables).strip()
+    if not text:
+        # the reference shipped an empty Chinese recombine template and sent no system prompt at all
+        raise ValueError(f"prompt template {path} rendered an empty prompt")
+    return text
 
 
 def template_names() -> list[str]:
