@@ -218,7 +218,7 @@ def build_on_meta(cfg: DictConfig) -> tuple[int, dict[str, Any], list[str]]:
     optimizer = instantiate(cfg.training.optimizer)(model.parameters())
     built.append(f"optimizer {type(optimizer).__name__} over {params:,} meta parameters")
     trainer_cls = get_class(str(cfg.trainer._target_))
-    built.append(f"trainer {trainer_cls.__name__}(strategy={cfg.trainer.get('strategy', 'auto')}, "
+    built.append(f"trainer {trainer_cls.__name__}(strategy={strategy_name(cfg.trainer)}, "
                  f"devices={cfg.trainer.get('devices')}, num_nodes={cfg.trainer.get('num_nodes', 1)}) resolved")
     for name, node in (cfg.logger or {}).items():
         if node is not None and "_target_" in node:
@@ -238,6 +238,14 @@ def build_on_meta(cfg: DictConfig) -> tuple[int, dict[str, Any], list[str]]:
     return params, arch, built
 
 
+def strategy_name(trainer: DictConfig) -> str:
+    """`fsdp` for both `strategy: fsdp` and a `_target_` node such as `oyster_exp.training.strategies.fsdp`."""
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(strategy, DictConfig):
+        return str(strategy.get("_target_", "auto")).rsplit(".", 1)[-1]
+    return str(strategy)
+
+
 def _gpus(trainer: DictConfig) -> int:
     devices = trainer.get("devices", 1)
     per_node = int(devices) if str(devices).isdigit() else (len(devices) if OmegaConf.is_list(devices) else 1)
@@ -248,7 +256,7 @@ def estimate(cfg: DictConfig) -> dict[str, Any]:
     params, arch, built = build_on_meta(cfg)
     trainer = cfg.trainer
     precision = str(trainer.get("precision", "32-true"))
-    mem = estimate_memory(params, arch, _gpus(trainer), str(trainer.get("strategy", "auto")), precision,
+    mem = estimate_memory(params, arch, _gpus(trainer), strategy_name(trainer), precision,
                           int(cfg.training.batch_size), int(cfg.training.max_length),
                           pairs=str(getattr(cfg.objective.name, "value", cfg.objective.name)) == "orpo")
     n_train, n_heldout, qchars = _dataset(cfg)
