@@ -67,6 +67,7 @@ class _AssessBase(BaseModel):
     """Normalises what a remote model may write before the enums check it."""
 
     taxonomy: ClassVar[Taxonomy | None] = None   # set on each generated subclass
+    max_secondary: ClassVar[int] = 0
 
     @model_validator(mode="before")
     @classmethod
@@ -78,8 +79,20 @@ class _AssessBase(BaseModel):
         if tax is not None and isinstance(out.get("category"), str):
             out["category"] = tax.get(out["category"]).name_en
         if tax is not None and isinstance(out.get("secondary_categories"), list):
-            names = [tax.get(x).name_en if isinstance(x, str) else x for x in out["secondary_categories"]]
-            out["secondary_categories"] = [n for n in names if n != NO_RISK]
+            # drop No Risk, the primary and repeats (with their scores), then keep at most max_secondary
+            scores = out.get("secondary_scores")
+            keep: list[tuple[Any, Any]] = []
+            seen = {out.get("category")}
+            for k, x in enumerate(out["secondary_categories"]):
+                name = tax.get(x).name_en if isinstance(x, str) else x
+                if name == NO_RISK or name in seen:
+                    continue
+                seen.add(name)
+                keep.append((name, scores[k] if isinstance(scores, list) and k < len(scores) else None))
+            keep = keep[: cls.max_secondary]
+            out["secondary_categories"] = [n for n, _ in keep]
+            if isinstance(scores, list):
+                out["secondary_scores"] = [w for _, w in keep if w is not None]
         if isinstance(out.get("level"), str):
             out["level"] = out["level"].strip().upper()
         for key in ("category_score", "intent", *LIKELIHOOD_FIELD.values()):
@@ -114,6 +127,7 @@ def reply_model(tax: Taxonomy, s: AssessSettings) -> type[BaseModel]:
             spec[LIKELIHOOD_FIELD[t]] = (Literal[words], ...)  # type: ignore[valid-type]
     model = create_model("AssessReply", __base__=_AssessBase, **spec)
     model.taxonomy = tax
+    model.max_secondary = s.max_secondary
     return model
 
 
