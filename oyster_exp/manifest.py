@@ -108,6 +108,7 @@ def build_manifest(ctx: RunContext, status: str, started: float) -> dict[str, An
             "stage_seconds": {k: v["seconds"] for k, v in ctx.stats.items() if "seconds" in v},
         },
         "llm_usage": usage["by_stage_role"],
+        "stage_summaries": {k: v["summary"] for k, v in ctx.stats.items() if v.get("summary")},
     }
 
 

@@ -91,6 +91,10 @@ class Stage:
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         raise NotImplementedError
 
+    def summarize(self, ctx: RunContext, records: list[Any]) -> dict[str, Any] | None:
+        """Statistics of the stage's records for `manifest.json` (computed on cache hits too)."""
+        return None
+
 
 def _selected(cfg: DictConfig, names: list[str]) -> set[str]:
     stage = cfg.stage
@@ -167,6 +171,9 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
     files = entry.dir / "files"
     if files.exists():
         link_or_copy_tree(files, ctx.run_dir / stage.name)
+    summary = stage.summarize(ctx, records)
+    if summary:
+        stats["summary"] = summary
     stats["records"] = len(records)
     stats["failures"] = sum(1 for r in records if getattr(r, "failure", None))
     stats["seconds"] = round(time.time() - t0, 2)

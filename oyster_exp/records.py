@@ -39,8 +39,10 @@ class GenerationRecord(Record):
 
 
 class AssessmentRecord(Record):
+    language: str = "en"
     assessment: RiskAssessment | None = None
-    guideline: list[str] = Field(default_factory=list)   # rules of the assessed category
+    guideline: list[str] = Field(default_factory=list)   # rules of every assessed category, primary first
+    guideline_by_category: dict[str, list[str]] = Field(default_factory=dict)   # EN name -> rules (query language)
 
 
 class ChainRecord(Record):
@@ -108,6 +110,9 @@ class PairRecord(Record):
     rejected: str
     chosen_reward: float | None = None
     rejected_reward: float | None = None
+    query_id: str | None = None            # the query (ids of all_improving pairs are "<query_id>#<k>")
+    policy: str | None = None
+    language: str | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

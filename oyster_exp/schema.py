@@ -70,6 +70,11 @@ class RiskDimension(str, Enum):
     follower = "follower"                    # posterior over follower types (benign/sensitive/malicious)
 
 
+class FollowerPrior(str, Enum):
+    by_level = "by_level"                    # p(theta | assessed level) from risk.follower.prior_by_level
+    uniform = "uniform"                      # every follower type equally likely a priori
+
+
 def _r(ge: float | None = None, le: float | None = None, gt: float | None = None) -> dict[str, float]:
     return {k: v for k, v in {"ge": ge, "le": le, "gt": gt}.items() if v is not None}
 
@@ -128,10 +133,27 @@ class DataConfig:
 
 
 @dataclass
+class FollowerModelConfig:
+    prior: FollowerPrior = FollowerPrior.by_level
+    prior_by_level: dict[str, dict[str, float]] = field(default_factory=lambda: {
+        "R0": {"benign": 0.85, "sensitive": 0.12, "malicious": 0.03},
+        "R1": {"benign": 0.30, "sensitive": 0.60, "malicious": 0.10},
+        "R2": {"benign": 0.05, "sensitive": 0.15, "malicious": 0.80},
+        "unknown": {"benign": 1.0, "sensitive": 1.0, "malicious": 1.0}})
+    likelihood_scale: dict[str, float] = field(default_factory=lambda: {
+        "very_unlikely": 0.05, "unlikely": 0.25, "possible": 0.5, "likely": 0.75, "very_likely": 0.95})
+    likelihood_weight: float = field(default=1.0, metadata=_r(ge=0.0))
+
+
+@dataclass
 class RiskConfig:
     name: str = MISSING
     dimensions: list[RiskDimension] = field(default_factory=lambda: list(RiskDimension))
     taxonomy_path: str | None = None      # the authors' xlsx layout; None = the project's taxonomy
+    max_secondary: int = field(default=2, metadata=_r(ge=0, le=8))   # secondary categories besides the primary
+    score_scale: dict[str, float] = field(       # category-score words the assessor picks from -> score
+        default_factory=lambda: {"high": 1.0, "medium": 0.6, "low": 0.3})
+    follower: FollowerModelConfig = field(default_factory=lambda: FollowerModelConfig())
 
 
 @dataclass
@@ -199,6 +221,10 @@ class PairsConfig:
     policy: PairPolicy = PairPolicy.best_vs_initial
     min_margin: float = field(default=0.0, metadata=_r(ge=0.0))
     include_think: bool = True
+    require_safe_chosen: bool = False     # drop pairs whose chosen entry is not judged fully safe (1.0)
+    refusal_reward: float | None = None   # refusal_as_rejected: the reward a refusal is assumed to get (None: no margin)
+    dedupe: bool = True                   # keep identical (prompt, chosen, rejected) once
+    sft_export: bool = True               # write files/sft.jsonl (prompt + chosen completion)
 
 
 @dataclass
@@ -384,6 +410,30 @@ def _check_unfrozen(lb: Any) -> None:
                                   f"unknown chain node {node!r}; choose from {', '.join(NODE_NAMES)}")
 
 
+def _check_risk(risk: Any) -> None:
+    """The assessor's scales and the follower prior table must be usable probabilities/scores."""
+    follower_types = ("benign", "sensitive", "malicious")
+    if not risk.score_scale:
+        raise ConfigError("risk.score_scale", "needs at least one word -> score entry")
+    for word, v in risk.score_scale.items():
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"risk.score_scale.{word}", f"must be in [0, 1], got {v}")
+    fol = risk.follower
+    if len(fol.likelihood_scale) < 2:
+        raise ConfigError("risk.follower.likelihood_scale", "needs at least two words")
+    for word, v in fol.likelihood_scale.items():
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"risk.follower.likelihood_scale.{word}", f"must be in [0, 1], got {v}")
+    for level, row in fol.prior_by_level.items():
+        key = f"risk.follower.prior_by_level.{level}"
+        if level not in ("R0", "R1", "R2", "unknown"):
+            raise ConfigError(key, "rows are R0, R1, R2 and unknown")
+        if set(row) != set(follower_types):
+            raise ConfigError(key, f"needs exactly the follower types {list(follower_types)}, got {sorted(row)}")
+        if any(v < 0 for v in row.values()) or sum(row.values()) <= 0:
+            raise ConfigError(key, "weights must be >= 0 with a positive sum")
+
+
 def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
     """Range and cross-field checks that OmegaConf's type system cannot express."""
     _check_ranges(cfg, Config(), "")
@@ -404,6 +454,7 @@ def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
             raise ConfigError("eval.strata_sword.levels", f"levels are 1, 2, 3, got {lvl!r}")
     _check_trainer(cfg.trainer)
     _check_peft(cfg)
+    _check_risk(cfg.risk)
     if cfg.data.source not in ("seed", "file"):
         raise ConfigError("data.source", f"must be 'seed' or 'file', got {cfg.data.source!r}")
     if cfg.data.source == "file" and not cfg.data.path:

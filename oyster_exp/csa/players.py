@@ -1,17 +1,21 @@
-"""The two followers' judges: the user simulator and the safety auditor.
+"""The followers' judges: the user simulator and the safety auditor (and the jailbreak judge).
 
-Both return typed judgements (or a failure with its reason) for a batch of (query, response)
-items; prompts come from `csa/prompts`, scores are recomputed from validated items.
+Both return typed judgements (or a failure with its reason) for a batch of (query, response) items.
+Prompts come from `csa/prompts`; the query and response are template variables, inserted by the
+engine, so text such as "{response}" or "{{ x }}" in a query stays text. Scores are recomputed from
+the validated items; a total written by the judge is never read.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.schemas import (SafetyJudgement, SafetyJudgementReply, StrataVerdictReply, UserJudgement,
-                                    UserJudgementReply)
+from oyster_exp.csa.schemas import (NO_RISK, SafetyJudgement, SafetyJudgementReply, StrataVerdictReply,
+                                    UserJudgement, UserJudgementReply)
+from oyster_exp.csa.taxonomy import Taxonomy
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService, Outcome
+from oyster_exp.records import AssessmentRecord
 
 
 @dataclass
@@ -19,8 +23,39 @@ class JudgeItem:
     query: str
     response: str
     language: str = "en"
-    category: str = "Unknown Risk"
-    guideline: str = ""
+    category: str = "Unknown Risk"         # what the auditor is told the risk is (one name or a list)
+    guideline: str = ""                    # the rules the auditor applies (rendered text)
+
+
+def safety_context(tax: Taxonomy, categories: list[str], lang: str) -> tuple[str, str]:
+    """(category text, guideline text) for the auditor from every assessed category, in the query's
+    language: one category gives a numbered list; several give one numbered block per category."""
+    language = "cn" if lang == "cn" else "en"
+    cats = [tax.get(n) for n in categories if n and n != NO_RISK]
+    seen: set[str] = set()
+    cats = [c for c in cats if not (c.name_en in seen or seen.add(c.name_en))]  # type: ignore[func-returns-value]
+    if not cats:
+        return (tax.no_risk.name_cn if language == "cn" else tax.no_risk.name_en), ""
+    label = [c.name_cn if language == "cn" else c.name_en for c in cats]
+    blocks = []
+    for c, name in zip(cats, label):
+        rules = "\n".join(f"{i}. {r}" for i, r in enumerate(tax.guideline(c.name_en, language), 1))  # type: ignore[arg-type]
+        blocks.append(rules if len(cats) == 1 else f"[{name}]\n{rules}")
+    return ("、" if language == "cn" else ", ").join(label), "\n".join(blocks)
+
+
+def judge_item_for(query: str, response: str, language: str, record: AssessmentRecord | None,
+                   tax: Taxonomy) -> JudgeItem:
+    """The auditor's view of a query from its assessment: all its categories (multi-label)."""
+    a = record.assessment if record is not None else None
+    if a is None:
+        names = ["Unknown Risk"]
+    elif a.categories:
+        names = [c["name"] for c in a.categories]
+    else:
+        names = [a.category] if a.category else ["Unknown Risk"]
+    category, guideline = safety_context(tax, names, language)
+    return JudgeItem(query=query, response=response, language=language, category=category, guideline=guideline)
 
 
 def judge_user(service: LLMService, items: list[JudgeItem]) -> list[Outcome[UserJudgement]]:
@@ -34,7 +69,7 @@ def judge_user(service: LLMService, items: list[JudgeItem]) -> list[Outcome[User
 def judge_safety(service: LLMService, items: list[JudgeItem]) -> list[Outcome[SafetyJudgement]]:
     convs = [[ChatMessage(role="user", content=render("safety_judge", it.language, query=it.query,
                                                       response=it.response, category=it.category,
-                                                      guideline=it.guideline or "-"))] for it in items]
+                                                      guideline=it.guideline))] for it in items]
     outs = service.structured("safety_judge", convs, SafetyJudgementReply)
     return [Outcome(value=SafetyJudgement(**o.value.model_dump()) if o.value else None, text=o.text,
                     failure=o.failure) for o in outs]

@@ -1,63 +1,73 @@
-"""pairs: preference pairs from the Lingo-BP traces (chosen = best entry, rejected per policy)."""
+"""pairs: preference pairs from the Lingo-BP traces (policy in `pairs`), deduplicated, plus an SFT export.
+
+The policies are pure functions in `csa/pairs.py`. Every query ends with at least one record: its
+pair(s), or a record whose failure names the reason (upstream failure, no improvement, margin,
+unsafe chosen, duplicate). The chosen side is also written to `files/sft.jsonl` (conversational
+prompt/completion rows) so that `objective=sft` or an external trainer can use it; the statistics
+go into `manifest.json` under `stage_summaries.pairs`.
+"""
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from oyster_exp.artifacts import CacheEntry, Journal
+from oyster_exp.csa.pairs import (PairSettings, completion, dedupe_key, pair_records, pair_stats,  # noqa: F401
+                                  select_pair, sft_rows)
 from oyster_exp.pipeline import RunContext, Stage
-from oyster_exp.records import OptimizeRecord, PairRecord, TraceEntry
+from oyster_exp.records import PairRecord
+
+SFT_FILE = "sft.jsonl"
 
 
-def completion(entry: TraceEntry, include_think: bool) -> str:
-    if include_think and entry.think.strip():
-        return f"<think>\n{entry.think.strip()}\n</think>\n\n{entry.response.strip()}"
-    return entry.response.strip()
-
-
-def select_pair(rec: OptimizeRecord, policy: str, min_margin: float) -> tuple[TraceEntry, TraceEntry] | str:
-    """(chosen, rejected), or the reason there is no pair."""
-    scored = [e for e in rec.trace if e.reward is not None]
-    if rec.best_index is None or len(scored) < 2:
-        return "fewer than two judged trace entries"
-    best = rec.trace[rec.best_index]
-    if policy == "best_vs_initial":
-        rejected = rec.trace[0]
-        if best is rejected:
-            return "no Lingo-BP step improved on the initial response"
-    else:  # best_vs_worst
-        rejected = min(scored, key=lambda e: e.reward)  # type: ignore[arg-type, return-value]
-    if rejected.reward is None or best.reward - rejected.reward < min_margin:  # type: ignore[operator]
-        return f"reward margin below pairs.min_margin={min_margin}"
-    if best.response.strip() == rejected.response.strip():
-        return "chosen and rejected responses are identical"
-    return best, rejected
+def prompt_for(query: str, system_prompt: str) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+        [{"role": "user", "content": query}]
 
 
 class PairsStage(Stage):
     name = "pairs"
+    version = 2
     record_type = PairRecord
     inputs = ("queries", "optimize")
-    config_keys = ("pairs", "data.system_prompt")
+    config_keys = ("pairs", "data.system_prompt", "seed")
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         p = ctx.cfg.pairs
-        policy = str(getattr(p.policy, "value", p.policy))
+        s = PairSettings.from_cfg(p, int(ctx.cfg.seed))
+        dedupe = bool(p.get("dedupe", True))
         sp = str(ctx.cfg.data.system_prompt or "")
+        # resume: the pairs already written are the first of their kind (selection is deterministic)
+        seen = {dedupe_key(r): r.id for r in journal.records() if r.failure is None}
         for rec in inputs["optimize"]:
-            if rec.id in journal:
-                continue
-            prompt = ([{"role": "system", "content": sp}] if sp else []) + [{"role": "user", "content": rec.query}]
-            if rec.failure:
-                journal.append(PairRecord(id=rec.id, prompt=prompt, chosen="", rejected="",
-                                          failure=f"upstream: {rec.failure}"))
-                continue
-            sel = select_pair(rec, policy, float(p.min_margin))
-            if isinstance(sel, str):
-                journal.append(PairRecord(id=rec.id, prompt=prompt, chosen="", rejected="", failure=sel))
-                continue
-            chosen, rejected = sel
-            journal.append(PairRecord(
-                id=rec.id, prompt=prompt, chosen=completion(chosen, bool(p.include_think)),
-                rejected=completion(rejected, bool(p.include_think)),
-                chosen_reward=chosen.reward, rejected_reward=rejected.reward,
-            ))
+            for pair in pair_records(rec, prompt_for(rec.query, sp), s):
+                if pair.id in journal:
+                    continue
+                if pair.failure is None and dedupe:
+                    key = dedupe_key(pair)
+                    if key in seen:
+                        pair = pair.model_copy(update={
+                            "chosen": "", "rejected": "",
+                            "failure": f"duplicate: same prompt, chosen and rejected as {seen[key]}"})
+                    else:
+                        seen[key] = pair.id
+                journal.append(pair)
+        if bool(p.get("sft_export", True)):
+            write_sft(entry, journal.records())
+
+    def summarize(self, ctx: RunContext, records: list[Any]) -> dict[str, Any] | None:
+        return pair_stats(records)
+
+
+def write_sft(entry: CacheEntry, pairs: list[PairRecord]) -> None:
+    """`files/sft.jsonl`, written whole and atomically from every pair in the journal."""
+    path = entry.dir / "files" / SFT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in sft_rows(pairs):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
