@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 from oyster_exp.artifacts import CacheEntry, Journal
@@ -25,6 +27,9 @@ def _json_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
 
 
+_CELL = re.compile(r"asr\[(en|cn)-L\d\]")
+
+
 class ReportStage(Stage):
     name = "report"
     record_type = ReportRecord
@@ -32,7 +37,7 @@ class ReportStage(Stage):
     cacheable = False
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
-        from oyster_exp.reporting.plots import plot_construction_curves
+        from oyster_exp.reporting.plots import plot_bars_with_ci, plot_construction_curves
 
         ev = ctx.cfg.eval
         rows, curves = summarise(inputs["evaluate"], list(ev.construction.betas), float(ev.construction.alpha),
@@ -47,6 +52,13 @@ class ReportStage(Stage):
         if curves:
             path = plot_construction_curves(curves, ctx.run_dir / "plots" / "construction_curve.png",
                                             title=f"{ctx.cfg.run_name}: normalised construction score")
+            plots.append(str(path.relative_to(ctx.run_dir)))
+        cells = [dict(r, label=f"{r['model']} {r['metric'][4:-1]}", metric="ASR %") for r in rows
+                 if r["benchmark"] == "strata_sword" and _CELL.fullmatch(r["metric"]) and not math.isnan(r["value"])]
+        if cells:
+            path = plot_bars_with_ci(cells, ctx.run_dir / "plots" / "strata_sword_asr.png", "ASR %",
+                                     title="Strata-Sword attack success rate per language and level (95% CI)",
+                                     ylim=(0.0, 100.0))
             plots.append(str(path.relative_to(ctx.run_dir)))
         head = {f"{r['model']}/{r['benchmark']}/{r['metric']}": float(r["value"]) for r in rows
                 if r["metric"].startswith(("constructive", "asr", "jailbreak", "refusal_rate"))
@@ -65,7 +77,7 @@ class ReportStage(Stage):
             f" eval suite `{ev.name}`, seed {ctx.cfg.seed}.",
             "",
             *tables,
-            *(f"![construction curve]({p})" for p in plots),
+            *(f"![{Path(p).stem}]({p})" for p in plots),
             "",
             "## Pipeline",
             "",
