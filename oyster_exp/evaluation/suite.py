@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oyster_exp.evaluation.generation import Answer, GenerationSettings, conversation, generate
-from oyster_exp.evaluation.judges import EvalJudge
+from oyster_exp.evaluation.judges import EvalJudge, Verdict
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService
 from oyster_exp.records import EvalRecord
@@ -147,7 +147,7 @@ def strata_task(items: list[Any], judge: EvalJudge, tax: Any, classify: bool, sy
         if classify:
             cats = judge.classify([(it.prompt, it.language) for it in chunk], tax)
         else:
-            cats = [judge_none() for _ in chunk]
+            cats = [Verdict() for _ in chunk]                  # no category: every item judged rule-less
         verdicts = judge.strata([(it.prompt, a.text, it.language) for it, a in zip(chunk, answers)],
                                 [c.label for c in cats], tax)
         out = []
@@ -167,12 +167,6 @@ def strata_task(items: list[Any], judge: EvalJudge, tax: Any, classify: bool, sy
                          meta={"language": it.language, "level": it.level, "attack_method": it.attack_method})
                 for it in items]
     return Task("strata_sword", "test", prepared, run)
-
-
-def judge_none() -> Any:
-    from oyster_exp.evaluation.judges import Verdict
-
-    return Verdict(label=None)
 
 
 def harmbench_task(items: list[Any], split: str, judge: EvalJudge, skip_copyright: bool, system_prompt: str) -> Task:
