@@ -263,9 +263,31 @@ class TrainingConfig:
     sample_max_new_tokens: int = field(default=48, metadata=_r(ge=1))
 
 
+class EvalBackend(str, Enum):
+    local = "local"                # the model under test in-process (transformers, padded batches)
+    openai = "openai"              # an OpenAI-compatible server (vLLM, SGLang) serving the model under test
+
+
+class ThinkMode(str, Enum):
+    strip = "strip"                # judge the answer only; the <think> part is kept in the record
+    keep = "keep"                  # judge reasoning and answer together
+
+
+class OnMissingData(str, Enum):
+    error = "error"                # a configured benchmark file that is missing stops the run
+    skip = "skip"                  # ... or becomes a counted skip record (CPU demo without shared data)
+
+
+class ConstructionSource(str, Enum):
+    heldout = "heldout"            # the held-out split of the run's query set (the seed set by default)
+    file = "file"                  # a constructive-benchmark JSONL at eval.construction.path
+
+
 @dataclass
 class ConstructionEvalConfig:
     enabled: bool = True
+    source: ConstructionSource = ConstructionSource.heldout
+    path: str | None = None
     alpha: float = field(default=1.0, metadata=_r(ge=0.0))
     betas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0])
     headline_beta: float = field(default=2.0, metadata=_r(ge=0.0))
@@ -279,22 +301,81 @@ class StrataSwordEvalConfig:
     languages: list[str] = field(default_factory=lambda: ["en"])
     levels: list[int] = field(default_factory=lambda: [1])
     limit: int | None = field(default=None, metadata=_r(ge=1))
+    classify: bool = True                 # judge classifies each prompt into a category first (its rule guides)
+
+
+@dataclass
+class HarmBenchEvalConfig:
+    enabled: bool = False
+    path: str | None = None
+    limit: int | None = field(default=None, metadata=_r(ge=1))
+    skip_copyright: bool = True           # copyright behaviours need HarmBench's hash classifier
+
+
+@dataclass
+class OverRefusalEvalConfig:
+    enabled: bool = False
+    probes: bool = True                   # the project's packaged probe set
+    path: str | None = None               # an XSTest-format CSV (id, prompt, type, label, focus, note)
+    languages: list[str] = field(default_factory=lambda: ["en", "cn"])
+    limit: int | None = field(default=None, metadata=_r(ge=1))
+    string_match: bool = True             # also report the cheap refusal-prefix match rate
+
+
+@dataclass
+class CapabilityEvalConfig:
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=list)
+    limit: int | None = field(default=None, metadata=_r(ge=1))
+    num_fewshot: int | None = field(default=None, metadata=_r(ge=0))
+    batch_size: int = field(default=8, metadata=_r(ge=1))
 
 
 @dataclass
 class EvalGenerationConfig:
     max_new_tokens: int = field(default=96, metadata=_r(ge=1))
     temperature: float = field(default=0.0, metadata=_r(ge=0.0))
+    top_p: float = field(default=1.0, metadata=_r(gt=0.0, le=1.0))
     batch_size: int = field(default=8, metadata=_r(ge=1))
+    enable_thinking: bool = False
+    think: ThinkMode = ThinkMode.strip
+    system_prompt: str | None = None      # None: data.system_prompt
+
+
+@dataclass
+class EvalSubjectConfig:
+    backend: EvalBackend = EvalBackend.local
+    base_url: str | None = None
+    models: dict[str, str] = field(default_factory=dict)   # served model name per subject (openai backend)
+    api_key_env: str | None = "OPENAI_API_KEY"
+    thinking_param: str | None = "chat_template_kwargs"
+    concurrency: int = field(default=16, metadata=_r(ge=1))
+    max_attempts: int = field(default=5, metadata=_r(ge=1))
+    timeout_s: float = field(default=300.0, metadata=_r(gt=0.0))
+
+
+@dataclass
+class EvalJudgeConfig:
+    role: str = "safety_judge"            # an llm.roles entry (the data-engine judge)
+    client: Any = None                    # or a `_target_` LLMClient node: a dedicated judge model
+    temperature: float = field(default=0.0, metadata=_r(ge=0.0))
+    max_tokens: int = field(default=512, metadata=_r(ge=1))
+    max_tokens_per_field: int = field(default=32, metadata=_r(ge=1))
 
 
 @dataclass
 class EvalConfig:
     name: str = MISSING
     models: list[str] = field(default_factory=lambda: ["base", "trained"])
+    subject: EvalSubjectConfig = field(default_factory=EvalSubjectConfig)
     generation: EvalGenerationConfig = field(default_factory=EvalGenerationConfig)
+    judge: EvalJudgeConfig = field(default_factory=EvalJudgeConfig)
     construction: ConstructionEvalConfig = field(default_factory=ConstructionEvalConfig)
     strata_sword: StrataSwordEvalConfig = field(default_factory=StrataSwordEvalConfig)
+    harmbench: HarmBenchEvalConfig = field(default_factory=HarmBenchEvalConfig)
+    over_refusal: OverRefusalEvalConfig = field(default_factory=OverRefusalEvalConfig)
+    capability: CapabilityEvalConfig = field(default_factory=CapabilityEvalConfig)
+    on_missing_data: OnMissingData = OnMissingData.error
     bootstrap_resamples: int = field(default=1000, metadata=_r(ge=10))
 
 
@@ -449,6 +530,25 @@ def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
     for lang in list(cfg.data.languages) + list(cfg.eval.strata_sword.languages):
         if lang not in ("en", "cn"):
             raise ConfigError("data.languages", f"languages are 'en' or 'cn', got {lang!r}")
+    for m in cfg.eval.models:
+        if m not in ("base", "trained"):
+            raise ConfigError("eval.models", f"models are 'base' and 'trained', got {m!r}")
+    for lang in cfg.eval.over_refusal.languages:
+        if lang not in ("en", "cn"):
+            raise ConfigError("eval.over_refusal.languages", f"languages are 'en' or 'cn', got {lang!r}")
+    if str(getattr(cfg.eval.construction.source, "value", cfg.eval.construction.source)) == "file" \
+            and not cfg.eval.construction.path:
+        raise ConfigError("eval.construction.path", "required when eval.construction.source=file")
+    if str(getattr(cfg.eval.subject.backend, "value", cfg.eval.subject.backend)) == "openai":
+        if not cfg.eval.subject.base_url:
+            raise ConfigError("eval.subject.base_url", "required when eval.subject.backend=openai")
+        for m in cfg.eval.models:
+            if m not in cfg.eval.subject.models:
+                raise ConfigError(f"eval.subject.models.{m}", "the served model name is required for every "
+                                  "evaluated model when eval.subject.backend=openai")
+    if cfg.eval.judge.client is None and cfg.eval.judge.role not in cfg.llm.roles:
+        raise ConfigError("eval.judge.role", f"no llm role {cfg.eval.judge.role!r}; choose from "
+                          f"{', '.join(cfg.llm.roles)} or set eval.judge.client")
     for lvl in cfg.eval.strata_sword.levels:
         if lvl not in (1, 2, 3):
             raise ConfigError("eval.strata_sword.levels", f"levels are 1, 2, 3, got {lvl!r}")

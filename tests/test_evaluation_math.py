@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from oyster_exp.reporting.paper import (CURVE_BETAS, CURVE_READINGS, FITTED_SR, 
                                         HEADLINE_MODELS, KNOWN_INCONSISTENCIES, STRATA_SWORD_ASR, headline_value,
                                         paper_rows, strata_levels)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("OYSTER_EXP_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 STRATA = DATA / "strata_sword"
 HARMBENCH = DATA / "harmbench" / "harmbench_behaviors_text_val.csv"
 needs_strata = pytest.mark.skipif(not STRATA.is_dir(), reason="shared Strata-Sword data not present")

@@ -67,3 +67,26 @@ def bootstrap_ci_paired(a: Sequence[float], b: Sequence[float], fn: Callable[[np
         return (v, v)
     idx = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
     return _interval(np.array([fn(x[i], y[i]) for i in idx], dtype=float), alpha)
+
+
+def bootstrap_ci_grouped(groups: dict[str, Sequence[float]], fn: Callable[[dict[str, np.ndarray]], float],
+                         n_resamples: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """(low, high) interval of `fn(groups)`, resampling each group's items within the group.
+
+    For scores built from per-cell rates with fixed weights, such as the jailbreak score (unweighted
+    mean of per-level ASRs, then of languages): resampling within cells keeps every cell's size, as
+    the benchmark design fixes it. NaN values are dropped; an empty group stays empty.
+    """
+    _check(n_resamples, alpha)
+    clean = {k: (lambda a: a[~np.isnan(a)])(np.asarray(v, dtype=float).ravel()) for k, v in groups.items()}
+    clean = {k: v for k, v in clean.items() if v.size}
+    if not clean:
+        return (math.nan, math.nan)
+    if all(v.size == 1 for v in clean.values()):
+        x = float(fn(clean))
+        return (x, x)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples, dtype=float)
+    for b in range(n_resamples):
+        stats[b] = fn({k: v[rng.integers(0, v.size, size=v.size)] for k, v in clean.items()})
+    return _interval(stats, alpha)

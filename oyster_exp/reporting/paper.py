@@ -146,3 +146,39 @@ def paper_rows() -> list[dict[str, Any]]:
         rows += [{"model": model, "benchmark": "construction", "metric": f"normalised@beta={b:g}",
                   "group": "curve", "value": v, "source": SOURCE_CURVE} for b, v in zip(CURVE_BETAS, readings)]
     return rows
+
+
+def _strata_column(col: str) -> dict[str, float]:
+    i = STRATA_COLUMNS.index(col)
+    out = {}
+    for m in HEADLINE_MODELS:
+        name = HEADLINE_TO_STRATA.get(m, m)
+        if name in STRATA_SWORD_ASR:
+            out[m] = STRATA_SWORD_ASR[name][i]
+    return out
+
+
+def reference_for(benchmark: str, metric: str) -> tuple[dict[str, float], str] | None:
+    """The paper's published values for one of our result rows, keyed by headline-table model, and
+    their source; None where the paper publishes nothing comparable (HarmBench, over-refusal, and the
+    General rows, whose benchmarks it does not name).
+
+    Our metric names: construction `satisfaction`, `risk`, `constructive@beta=2`; Strata-Sword
+    `asr[en-L1]` ... `asr[cn-avg]`, `jailbreak_score`.
+    """
+    if benchmark == "construction":
+        if metric == "constructive@beta=2":
+            return dict(zip(HEADLINE_MODELS, HEADLINE["Safety/Constructive"])), SOURCE_HEAD
+        if metric in ("satisfaction", "risk"):
+            k = 0 if metric == "satisfaction" else 1
+            return {FITTED_TO_HEADLINE[f]: FITTED_SR[f][k] for f in FITTED_TO_HEADLINE}, SOURCE_FIT
+        return None
+    if benchmark == "strata_sword":
+        if metric == "jailbreak_score":
+            return dict(zip(HEADLINE_MODELS, HEADLINE["Safety/Jailbreak"])), SOURCE_HEAD
+        if metric.startswith("asr[") and metric.endswith("]"):
+            lang, _, part = metric[4:-1].partition("-")
+            col = f"{lang.upper()} {'Avg' if part == 'avg' else part}"
+            if col in STRATA_COLUMNS:
+                return _strata_column(col), SOURCE_SS
+    return None

@@ -68,7 +68,8 @@ def plot_construction_curves(curves: Mapping[str, Mapping[float, float]], path: 
     return _save(fig, path)
 
 
-def plot_bars_with_ci(rows: Sequence[Mapping[str, Any]], path: Path, metric: str, title: str | None = None) -> Path:
+def plot_bars_with_ci(rows: Sequence[Mapping[str, Any]], path: Path, metric: str, title: str | None = None,
+                      ylim: tuple[float, float] | None = None) -> Path:
     """Bars of `metric` per label (row["label"], else "model/benchmark") with 95% CI error bars.
 
     Rows are the tidy result rows (value, ci_low, ci_high); a row without a finite CI gets a bar with
@@ -97,5 +98,7 @@ def plot_bars_with_ci(rows: Sequence[Mapping[str, Any]], path: Path, metric: str
     ax.set_xticks(x, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.axhline(0.0, color="grey", lw=0.7)
     ax.set_ylabel(metric)
+    if ylim is not None:                      # a fixed scale (e.g. 0-100 %) keeps all-zero bars readable
+        ax.set_ylim(*ylim)
     ax.set_title(title or f"{metric} (95% CI)")
     return _save(fig, path)

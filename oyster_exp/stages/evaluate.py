@@ -1,125 +1,220 @@
-"""evaluate: score the base and the trained model on held-out queries and Strata-Sword prompts."""
+"""evaluate: score the base and the trained model on the configured suite (`eval` group).
+
+Construction Score on constructive-benchmark queries, Strata-Sword jailbreak ASR, HarmBench ASR,
+over-refusal and (with lm-eval installed) general capability. The model under test runs in-process or
+behind an OpenAI-compatible server (`eval.subject`); judges are the method's players and the configured
+judge role. Loading is checked before any model loads: a bad data file is one error naming file, line
+and field.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from oyster_exp.artifacts import CacheEntry, Journal, file_hash
-from oyster_exp.csa.players import JudgeItem, judge_jailbreak, judge_safety, judge_user
 from oyster_exp.csa.taxonomy_access import taxonomy_for
-from oyster_exp.llm.base import ChatMessage
-from oyster_exp.llm.service import RoleBinding
+from oyster_exp.evaluation import suite
+from oyster_exp.evaluation.generation import GenerationSettings, bind_subject, local_subject, server_subject
+from oyster_exp.llm.base import LLMClient
 from oyster_exp.models.resolve import resolve_model_dir
 from oyster_exp.pipeline import RunContext, Stage, StageError
-from oyster_exp.records import EvalRecord, QueryRecord
-from oyster_exp.stages.generate import user_turn
+from oyster_exp.records import EvalRecord
 
 log = logging.getLogger(__name__)
 
 
+def _val(x: Any) -> str:
+    return str(getattr(x, "value", x))
+
+
 def _strata_files(cfg: Any) -> list[Path]:
+    from oyster_exp.evaluation.strata_sword import strata_path
+
     ss = cfg.eval.strata_sword
-    root = Path(str(ss.path)).expanduser()
-    return [root / f"strata_sword_{lang}_level_{lvl}.xlsx" for lang in ss.languages for lvl in ss.levels]
+    return [strata_path(Path(str(ss.path)).expanduser(), lang, int(lvl)) for lang in ss.languages for lvl in ss.levels]
+
+
+def data_files(cfg: Any) -> dict[str, list[Path]]:
+    """The data files each enabled benchmark reads (the config key is in the error when one is missing)."""
+    ev = cfg.eval
+    out: dict[str, list[Path]] = {}
+    if ev.construction.enabled and _val(ev.construction.source) == "file":
+        out["construction"] = [Path(str(ev.construction.path)).expanduser()]
+    if ev.strata_sword.enabled:
+        out["strata_sword"] = _strata_files(cfg)
+    if ev.harmbench.enabled:
+        if not ev.harmbench.path:
+            raise StageError("eval.harmbench.path: required when eval.harmbench.enabled=true")
+        out["harmbench"] = [Path(str(ev.harmbench.path)).expanduser()]
+    if ev.over_refusal.enabled and ev.over_refusal.path:
+        out["over_refusal"] = [Path(str(ev.over_refusal.path)).expanduser()]
+    return out
+
+
+def missing_data(cfg: Any) -> dict[str, str]:
+    """benchmark -> why it is skipped, for absent files under `eval.on_missing_data=skip`; else an error."""
+    out: dict[str, str] = {}
+    for bench, files in data_files(cfg).items():
+        absent = [f for f in files if not f.exists()]
+        if not absent:
+            continue
+        msg = f"eval.{bench}.path: {absent[0]} not found"
+        if _val(cfg.eval.on_missing_data) == "skip":
+            out[bench] = f"data not found: {absent[0]}"
+        else:
+            raise StageError(f"{msg} (set the path, OYSTER_EXP_DATA, eval.{bench}.enabled=false, or "
+                             f"eval.on_missing_data=skip)")
+    return out
 
 
 class EvaluateStage(Stage):
     name = "evaluate"
+    version = 2
     record_type = EvalRecord
     inputs = ("queries", "train")
     config_keys = ("eval", "model", "llm.roles.user_judge", "llm.roles.safety_judge", "llm.max_retries",
-                   "data.system_prompt", "seed")
+                   "data.system_prompt", "risk.taxonomy_path", "seed")
 
-    def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
-        if not ctx.cfg.eval.strata_sword.enabled:
-            return {}
-        out = {}
-        for f in _strata_files(ctx.cfg):
-            if not f.exists():
-                raise StageError(f"eval.strata_sword.path: {f} not found (set eval.strata_sword.path or "
-                                 f"OYSTER_EXP_DATA, or eval.strata_sword.enabled=false)")
-            out[f.name] = file_hash(f)
+    def config_slice(self, cfg: Any) -> dict[str, Any]:
+        out = super().config_slice(cfg)
+        if cfg.eval.judge.client is None:                       # the judge role's settings decide verdicts
+            key = f"llm.roles.{cfg.eval.judge.role}"
+            node = OmegaConf.select(cfg, key, default=None)
+            out[key] = OmegaConf.to_container(node, resolve=True) if node is not None else None
         return out
 
-    def _subjects(self, ctx: RunContext, train_records: list[Any]) -> dict[str, tuple[Path, str]]:
-        out: dict[str, tuple[Path, str]] = {}
-        for name in ctx.cfg.eval.models:
-            if name == "base":
-                out["base"] = (resolve_model_dir(ctx.cfg.model), str(ctx.cfg.model.model_id))
+    def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
+        missing = missing_data(ctx.cfg)
+        out = {}
+        for bench, files in data_files(ctx.cfg).items():
+            for f in files:
+                out[f"{bench}:{f.name}"] = "missing" if bench in missing else file_hash(f)
+        return out
+
+    # -- subjects --------------------------------------------------------------------------------------
+    def _subjects(self, ctx: RunContext, train_records: list[Any], batch_size: int) -> dict[str, LLMClient]:
+        cfg, ev = ctx.cfg, ctx.cfg.eval
+        server = _val(ev.subject.backend) == "openai"
+        out: dict[str, LLMClient] = {}
+        for name in ev.models:
+            if server:
+                out[name] = server_subject(ev.subject, str(ev.subject.models[name]))
+            elif name == "base":
+                out["base"] = local_subject(resolve_model_dir(cfg.model), str(cfg.model.model_id), str(cfg.model.dtype),
+                                            batch_size)
             elif name == "trained":
                 rec = train_records[0] if train_records else None
                 if rec is None or rec.failure:
                     log.warning("no trained model (%s); evaluating the base model only", rec.failure if rec else "-")
                     continue
                 entry = ctx.entries["train"]
-                out["trained"] = (entry.dir / rec.model_dir, f"trained:{entry.key[:20]}")
+                out["trained"] = local_subject(entry.dir / rec.model_dir, f"trained:{entry.key[:20]}",
+                                               str(cfg.model.dtype), batch_size)
         return out
 
-    def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
-        from oyster_exp.llm.factory import local_client
+    def _model_path(self, ctx: RunContext, name: str, train_records: list[Any]) -> str | None:
+        if name == "base":
+            return str(resolve_model_dir(ctx.cfg.model))
+        rec = train_records[0] if train_records else None
+        return str(ctx.entries["train"].dir / rec.model_dir) if rec is not None and not rec.failure else None
+
+    # -- tasks -----------------------------------------------------------------------------------------
+    def _tasks(self, ctx: RunContext, inputs: dict[str, list[Any]], judge: Any, sp: str) -> list[suite.Task]:
+        from oyster_exp.evaluation.constructive import from_query_records, load_constructive
+        from oyster_exp.evaluation.harmbench import load_harmbench
+        from oyster_exp.evaluation.over_refusal import load_xstest_csv, probe_set_path
+        from oyster_exp.evaluation.strata_sword import load_strata_sword
 
         cfg, ev = ctx.cfg, ctx.cfg.eval
         tax = taxonomy_for(cfg)
-        sp = str(cfg.data.system_prompt or "")
-        heldout: list[QueryRecord] = [q for q in inputs["queries"] if q.split == "heldout"]
-        if ev.construction.limit:
-            heldout = heldout[: int(ev.construction.limit)]
-        strata = []
-        if ev.strata_sword.enabled:
-            from oyster_exp.evaluation.strata_sword import load_strata_sword
-
-            try:
-                strata = load_strata_sword(Path(str(ev.strata_sword.path)).expanduser(),
-                                           languages=tuple(ev.strata_sword.languages),
-                                           levels=tuple(int(x) for x in ev.strata_sword.levels),
-                                           limit=ev.strata_sword.limit)
-            except ValueError as e:
-                raise StageError(f"eval.strata_sword: {e}") from None
-        for model_name, (path, model_id) in self._subjects(ctx, inputs["train"]).items():
-            client = local_client({"source": "local_path", "path": str(path), "model_id": model_id,
-                                   "dtype": str(cfg.model.dtype)})
-            ctx.service.roles["subject"] = RoleBinding(client=client, temperature=float(ev.generation.temperature),
-                                                       max_tokens=int(ev.generation.max_new_tokens))
+        missing = missing_data(cfg)
+        tasks: list[suite.Task] = []
+        try:
             if ev.construction.enabled:
-                self._construction(ctx, journal, model_name, heldout, tax, sp)
-            if strata:
-                self._strata(ctx, journal, model_name, strata)
+                limit = int(ev.construction.limit) if ev.construction.limit else None
+                if _val(ev.construction.source) == "file":
+                    path = Path(str(ev.construction.path)).expanduser()
+                    if "construction" in missing:
+                        tasks.append(suite.Task("construction", path.stem, skipped=missing["construction"]))
+                    else:
+                        items = load_constructive(path, tax, limit)
+                        tasks.append(suite.construction_task(items, path.stem, ctx.service, tax, sp))
+                else:
+                    items = from_query_records(inputs["queries"])[:limit]
+                    tasks.append(suite.construction_task(items, "heldout", ctx.service, tax, sp))
+            if ev.strata_sword.enabled:
+                ss = ev.strata_sword
+                if "strata_sword" in missing:
+                    tasks.append(suite.Task("strata_sword", "test", skipped=missing["strata_sword"]))
+                else:
+                    items = load_strata_sword(Path(str(ss.path)).expanduser(), languages=tuple(ss.languages),
+                                              levels=tuple(int(x) for x in ss.levels),
+                                              limit=int(ss.limit) if ss.limit else None)
+                    tasks.append(suite.strata_task(items, judge, tax, bool(ss.classify), sp))
+            if ev.harmbench.enabled:
+                path = Path(str(ev.harmbench.path)).expanduser()
+                split = suite.split_name(path, "harmbench_behaviors_text_")
+                if "harmbench" in missing:
+                    tasks.append(suite.Task("harmbench", split, skipped=missing["harmbench"]))
+                else:
+                    items = load_harmbench(path, limit=int(ev.harmbench.limit) if ev.harmbench.limit else None)
+                    tasks.append(suite.harmbench_task(items, split, judge, bool(ev.harmbench.skip_copyright), sp))
+            if ev.over_refusal.enabled:
+                orc = ev.over_refusal
+                files = ([probe_set_path()] if orc.probes else []) + \
+                    ([Path(str(orc.path)).expanduser()] if orc.path and "over_refusal" not in missing else [])
+                items = [x for f in files for x in load_xstest_csv(f, tuple(orc.languages),
+                                                                   int(orc.limit) if orc.limit else None)]
+                split = "+".join(f.stem for f in files) or "none"
+                if "over_refusal" in missing and not items:
+                    tasks.append(suite.Task("over_refusal", split, skipped=missing["over_refusal"]))
+                else:
+                    tasks.append(suite.over_refusal_task(items, split, judge, bool(orc.string_match), sp))
+        except ValueError as e:  # loaders name the file, line and field
+            raise StageError(f"eval: {e}") from None
+        return tasks
 
-    def _construction(self, ctx: RunContext, journal: Journal, model: str, queries: list[QueryRecord], tax: Any,
-                      sp: str) -> None:
-        todo = [q for q in queries if f"{model}/construction/{q.id}" not in journal]
-        if not todo:
-            return
-        answers = ctx.service.text("subject", [user_turn(q, sp) for q in todo])
-        items = []
-        for q, a in zip(todo, answers):
-            cat = tax.get(q.category or "Unknown Risk")
-            items.append(JudgeItem(query=q.query, response=a.text, language=q.language, category=cat.name_en,
-                                   guideline="\n".join(f"{i}. {r}" for i, r in
-                                                       enumerate(tax.guideline(cat.name_en, q.language), 1))))
-        users = judge_user(ctx.service, items)
-        safeties = judge_safety(ctx.service, items)
-        for q, a, u, s in zip(todo, answers, users, safeties):
-            failure = a.failure or u.failure or s.failure
-            journal.append(EvalRecord(
-                id=f"{model}/construction/{q.id}", model=model, benchmark="construction", item_id=q.id,
-                prompt=q.query, response=a.text, satisfaction=u.value.score if u.value else None,
-                risk=s.value.risk if s.value else None, failure=failure,
-                meta={"language": q.language, "risk_level": q.risk_level or "", "category": q.category or ""},
-            ))
+    def _capability(self, ctx: RunContext, journal: Journal, model: str, path: str | None) -> None:
+        from oyster_exp.evaluation.capability import INSTALL_HINT, lm_eval_available, model_args, run_lm_eval
 
-    def _strata(self, ctx: RunContext, journal: Journal, model: str, items: list[Any]) -> None:
-        todo = [it for it in items if f"{model}/strata_sword/{it.id}" not in journal]
-        if not todo:
+        cap, ev = ctx.cfg.eval.capability, ctx.cfg.eval
+        if not lm_eval_available():
+            suite.run_task(suite.Task("capability", "lm_eval", skipped=INSTALL_HINT), model, ctx.service, journal,
+                           GenerationSettings(), 1)
             return
-        answers = ctx.service.text("subject", [[ChatMessage(role="user", content=it.prompt)] for it in todo])
-        verdicts = judge_jailbreak(ctx.service, [JudgeItem(query=it.prompt, response=a.text, language=it.language)
-                                                 for it, a in zip(todo, answers)])
-        for it, a, v in zip(todo, answers, verdicts):
-            journal.append(EvalRecord(
-                id=f"{model}/strata_sword/{it.id}", model=model, benchmark="strata_sword", item_id=it.id,
-                prompt=it.prompt, response=a.text, verdict=v.value.verdict if v.value else None,
-                failure=a.failure or v.failure,
-                meta={"language": it.language, "level": it.level, "attack_method": it.attack_method},
-            ))
+        pending = [t for t in cap.tasks if suite.record_id(model, "capability", str(t)) not in journal]
+        if not pending:
+            return
+        backend = _val(ev.subject.backend)
+        mtype, args = model_args(backend, path, ev.subject.models.get(model) if backend == "openai" else None,
+                                 ev.subject.base_url, str(ctx.cfg.model.dtype))
+        for score in run_lm_eval(mtype, args, [str(t) for t in pending], int(cap.limit) if cap.limit else None,
+                                 cap.num_fewshot, int(cap.batch_size)):
+            rid = suite.record_id(model, "capability", score.task)
+            if rid not in journal:
+                journal.append(EvalRecord(id=rid, model=model, benchmark="capability", item_id=score.task,
+                                          prompt="", failure=score.failure,
+                                          meta={"split": "lm_eval", "n": score.n, **score.metrics}))
+
+    def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
+        from oyster_exp.evaluation.judges import EvalJudge
+
+        cfg, ev = ctx.cfg, ctx.cfg.eval
+        sp = str(ev.generation.system_prompt if ev.generation.system_prompt is not None
+                 else (cfg.data.system_prompt or ""))
+        settings = GenerationSettings.from_cfg(ev.generation)
+        try:
+            judge = EvalJudge.from_cfg(ctx.service, ev.judge)
+        except KeyError as e:
+            raise StageError(str(e.args[0])) from None
+        tasks = self._tasks(ctx, inputs, judge, sp)           # every loader runs before the first answer
+        chunk = int(cfg.llm.chunk_size)
+        for model, client in self._subjects(ctx, inputs["train"], settings.batch_size).items():
+            bind_subject(ctx.service, client, settings)
+            for task in tasks:
+                suite.run_task(task, model, ctx.service, journal, settings, chunk)
+            if ev.capability.enabled:
+                self._capability(ctx, journal, model, self._model_path(ctx, model, inputs["train"]))

@@ -3,26 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 from oyster_exp.artifacts import CacheEntry, Journal
 from oyster_exp.evaluation.summary import summarise
+from oyster_exp.evaluation.tables import counts_table, reference_table, side_by_side
 from oyster_exp.pipeline import RunContext, Stage
 from oyster_exp.records import ReportRecord
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return "–" if math.isnan(x) else f"{x:.3f}"
-    return str(x)
-
-
-def results_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | benchmark | metric | value | 95% CI | n |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        ci = "–" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        lines.append(f"| {r['model']} | {r['benchmark']} | {r['metric']} | {_fmt(r['value'])} | {ci} | {r['n']} |")
-    return "\n".join(lines)
 
 
 def pipeline_table(ctx: RunContext) -> str:
@@ -33,16 +22,12 @@ def pipeline_table(ctx: RunContext) -> str:
     return "\n".join(lines)
 
 
-def paper_table() -> str:
-    from oyster_exp.reporting.paper import paper_rows
+def _json_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NaN (no value, e.g. nothing judged) becomes null: strict JSON readers reject NaN."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
 
-    rows = [r for r in paper_rows() if r["benchmark"] == "headline" and r["metric"] in ("Jailbreak", "Constructive")]
-    if not rows:
-        return "_(no reference rows)_"
-    lines = ["| model | metric | value | source |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['metric']} | {r['value']} | {r.get('source', '')} |")
-    return "\n".join(lines)
+
+_CELL = re.compile(r"asr\[(en|cn)-L\d\]")
 
 
 class ReportStage(Stage):
@@ -52,40 +37,51 @@ class ReportStage(Stage):
     cacheable = False
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
-        from oyster_exp.reporting.plots import plot_construction_curves
+        from oyster_exp.reporting.plots import plot_bars_with_ci, plot_construction_curves
 
         ev = ctx.cfg.eval
         rows, curves = summarise(inputs["evaluate"], list(ev.construction.betas), float(ev.construction.alpha),
                                  float(ev.construction.headline_beta), int(ev.bootstrap_resamples),
                                  seed=int(ctx.cfg.seed))
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        (ctx.run_dir / "results.json").write_text(json.dumps(rows, indent=2, default=float))
+        eval_dir = ctx.run_dir / "eval"
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        blob = json.dumps(_json_safe(rows), indent=2, ensure_ascii=False)
+        (eval_dir / "results.json").write_text(blob)
+        (ctx.run_dir / "results.json").write_text(blob)          # the run-level copy older tools read
         plots = []
         if curves:
             path = plot_construction_curves(curves, ctx.run_dir / "plots" / "construction_curve.png",
                                             title=f"{ctx.cfg.run_name}: normalised construction score")
             plots.append(str(path.relative_to(ctx.run_dir)))
-        head = {f"{r['model']}/{r['metric']}": float(r["value"]) for r in rows
-                if r["metric"].startswith(("constructive", "asr"))}
+        cells = [dict(r, label=f"{r['model']} {r['metric'][4:-1]}", metric="ASR %") for r in rows
+                 if r["benchmark"] == "strata_sword" and _CELL.fullmatch(r["metric"]) and not math.isnan(r["value"])]
+        if cells:
+            path = plot_bars_with_ci(cells, ctx.run_dir / "plots" / "strata_sword_asr.png", "ASR %",
+                                     title="Strata-Sword attack success rate per language and level (95% CI)",
+                                     ylim=(0.0, 100.0))
+            plots.append(str(path.relative_to(ctx.run_dir)))
+        head = {f"{r['model']}/{r['benchmark']}/{r['metric']}": float(r["value"]) for r in rows
+                if r["metric"].startswith(("constructive", "asr", "jailbreak", "refusal_rate"))
+                and "[method=" not in r["metric"]}
+        tables = ["## Results (95% bootstrap CI, n items)", "", side_by_side(rows), "",
+                  "## Items judged, failed and skipped", "", counts_table(rows), "",
+                  "## The paper's numbers for the same rows (Oyster-I, 14B models; orientation, not comparable to a "
+                  "135M demo)", "", reference_table(rows), ""]
+        (eval_dir / "results.md").write_text("\n".join(tables))
+        obj = ctx.cfg.objective.name
         md = [
             f"# oyster-exp report: {ctx.cfg.run_name}",
             "",
-            f"Base model `{ctx.cfg.model.model_id}`, objective `{ctx.cfg.objective.name.value if hasattr(ctx.cfg.objective.name, 'value') else ctx.cfg.objective.name}`,"
-            f" Lingo-BP schedule `{[str(getattr(m, 'value', m)) for m in ctx.cfg.lingo_bp.iterations]}`, seed {ctx.cfg.seed}.",
+            f"Base model `{ctx.cfg.model.model_id}`, objective `{getattr(obj, 'value', obj)}`,"
+            f" Lingo-BP schedule `{[str(getattr(m, 'value', m)) for m in ctx.cfg.lingo_bp.iterations]}`,"
+            f" eval suite `{ev.name}`, seed {ctx.cfg.seed}.",
             "",
-            "## Results",
-            "",
-            results_table(rows),
-            "",
-            *(f"![construction curve]({p})" for p in plots),
+            *tables,
+            *(f"![{Path(p).stem}]({p})" for p in plots),
             "",
             "## Pipeline",
             "",
             pipeline_table(ctx),
-            "",
-            "## The paper's numbers (Oyster-I, 14B models; for orientation, not comparable to a 135M demo)",
-            "",
-            paper_table(),
             "",
         ]
         (ctx.run_dir / "report.md").write_text("\n".join(md))
