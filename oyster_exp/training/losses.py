@@ -61,11 +61,12 @@ class _LinearTokenLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 chunk: int) -> torch.Tensor:
-        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
         lse = torch.empty_like(out)
         for start in range(0, hidden.shape[0], chunk):
             stop = start + chunk
-            logits = (hidden[start:stop] @ weight.T).float()
+            logits = (hidden[start:stop] @ weight.T).to(acc)
             lse[start:stop] = torch.logsumexp(logits, dim=-1)
             out[start:stop] = logits.gather(-1, targets[start:stop, None]).squeeze(-1) - lse[start:stop]
         ctx.save_for_backward(hidden, weight, targets, lse)
@@ -77,18 +78,18 @@ class _LinearTokenLogps(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if need_weight else None
         for start in range(0, hidden.shape[0], ctx.chunk):
             stop = start + ctx.chunk
-            h, g = hidden[start:stop], grad_out[start:stop].float()
+            h, g = hidden[start:stop], grad_out[start:stop].to(lse.dtype)
             # d logp[target] / d logits = onehot(target) - softmax(logits)
-            grad_logits = torch.exp((h @ weight.T).float() - lse[start:stop, None]).mul_(-g[:, None])
+            grad_logits = torch.exp((h @ weight.T).to(lse.dtype) - lse[start:stop, None]).mul_(-g[:, None])
             grad_logits.scatter_add_(-1, targets[start:stop, None], g[:, None])
             grad_logits = grad_logits.to(weight.dtype)
             if grad_hidden is not None:
                 torch.mm(grad_logits, weight, out=grad_hidden[start:stop])
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T.float(), h.float())
+                grad_weight.addmm_(grad_logits.T.to(lse.dtype), h.to(lse.dtype))
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None
@@ -96,7 +97,7 @@ class _LinearTokenLogps(torch.autograd.Function):
 
 def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                        chunk: int = LM_HEAD_CHUNK) -> torch.Tensor:
-    """float32 log p(target) under an LM head `weight` (vocab, hidden), for flat rows `hidden` (n, hidden).
+    """float32 (float64 for float64 inputs) log p(target) under an LM head `weight` (vocab, hidden), for flat rows `hidden` (n, hidden).
 
     Equals `log_softmax(hidden @ weight.T).gather(targets)` (same float32 upcast as `token_logps`),
     with gradients for `hidden` and `weight`, but never holds more than `chunk` rows of logits. Pass
