@@ -248,6 +248,13 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def idle_cores() -> int:
+    """Threads that will not fight other processes: on a shared machine OpenMP threads wait for each
+    other at every parallel region, and a thread descheduled by a neighbour stalls the whole matmul."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - round(os.getloadavg()[0])))
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -269,7 +276,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=MAX_LENGTH,
                     help="tokens per sequence; --quick raises it, the tiny model's 1k-token BPE splits text finely")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for both sides")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for both sides; 0: the cores idle at start (cpu count minus 1-min load)")
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -279,6 +287,8 @@ def main() -> None:
     if args.side:
         child(args)
         return
+    if args.threads < 1:
+        args.threads = idle_cores()
     import torch
 
     torch.set_num_threads(args.threads)

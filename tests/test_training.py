@@ -382,6 +382,14 @@ def test_a_head_that_is_not_a_plain_linear_falls_back_to_full_logits(tiny_model_
     assert module._output_head() is None
     batch = _uneven_batch(tokenizer)
     assert float(module.compute(batch)[0]) == pytest.approx(float(module.compute_from_logits(batch)[0]), rel=1e-6)
+    # a plain linear head whose logits the model then rescales (soft-capping, logit scaling) fails the check
+    module.model.lm_head = old
+    hook = module.model.register_forward_hook(lambda mod, args, out: setattr(out, "logits", out.logits * 0.5))
+    module._head_cache = None  # the check runs once per model object; force it again
+    assert module._output_head() is None
+    hook.remove()
+    module._head_cache = None
+    assert module._output_head() is old
 
 
 def test_scored_token_logps_rejects_left_padding(tiny_model_dir: Path) -> None:

@@ -60,20 +60,19 @@ def output_head(model: Any) -> torch.nn.Linear | None:
     logits path, which is slower but always right.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear or head.bias is not None:
+    if type(head) is not torch.nn.Linear or head.bias is not None or head.weight.dim() != 2 \
+            or head.weight.shape[0] < 9:  # also catches weights sharded away (DeepSpeed ZeRO-3)
         return None
-    try:
-        decoder = model.get_decoder()
-    except (AttributeError, ValueError, NotImplementedError):
-        return None
-    ids = torch.arange(1, 9, device=head.weight.device)[None] % head.weight.shape[0]
+    ids = torch.arange(1, 9, device=head.weight.device)[None]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             logits = model(input_ids=ids, use_cache=False).logits.float()
-            hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
+            hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
             mine = head(hidden).float()
+    except (AttributeError, TypeError, ValueError, NotImplementedError):  # no separable decoder: not this path
+        return None
     finally:
         model.train(was_training)
     scale = float(logits.abs().max()) + 1.0
