@@ -79,6 +79,12 @@ def output_head(model: Any) -> torch.nn.Linear | None:
     return head if bool((logits - mine).abs().max() <= 1e-4 * scale) else None
 
 
+def stack_padded(parts: list[torch.Tensor], value: int) -> torch.Tensor:
+    """Right-pad (rows, width_i) tensors with `value` to the widest and stack them along rows."""
+    width = max(t.shape[1] for t in parts)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in parts])
+
+
 def resolve_layout(layout: str, device: torch.device) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")

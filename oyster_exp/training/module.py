@@ -13,10 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
 
-from oyster_exp.training.forward import output_head, scored_token_logps
+from oyster_exp.training.forward import output_head, scored_token_logps, stack_padded
 from oyster_exp.training.losses import IGNORE, orpo_loss, sequence_logps, sft_loss, token_nll
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -119,14 +118,11 @@ class PreferenceModule(L.LightningModule):
             loss = tokens.nll(tokens.num_sequences, response_only=False)
             return loss, {"nll_loss": loss.detach(), "logps/chosen": tokens.response_mean().detach().mean()}
         n = batch["chosen_input_ids"].size(0)
-        sides = [(batch["chosen_input_ids"], batch["chosen_attention_mask"], chosen_scored, batch["chosen_labels"]),
-                 (batch["rejected_input_ids"], batch["rejected_attention_mask"], batch["rejected_labels"],
-                  batch["rejected_labels"])]
-        width = max(t[0].shape[1] for t in sides)
-        pad = [(0, IGNORE_PAD_ID), (0, 0), (0, IGNORE), (0, IGNORE)]
-        stacked = [torch.cat([F.pad(side[k], (0, width - side[k].shape[1]), value=pad[k][1]) for side in sides])
-                   for k in range(4)]
-        tokens = scored_token_logps(self.model, head, *stacked, layout=self.forward_layout)
+        tokens = scored_token_logps(
+            self.model, head, stack_padded([batch["chosen_input_ids"], batch["rejected_input_ids"]], IGNORE_PAD_ID),
+            stack_padded([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], 0),
+            stack_padded([chosen_scored, batch["rejected_labels"]], IGNORE),
+            stack_padded([batch["chosen_labels"], batch["rejected_labels"]], IGNORE), layout=self.forward_layout)
         logps = tokens.response_mean()
         return orpo_loss(logps[:n], logps[n:], tokens.nll(n, response_only=False), self.beta)
 
@@ -142,11 +138,8 @@ class PreferenceModule(L.LightningModule):
             logps = sequence_logps(logits.detach(), batch["chosen_labels"][:, :width], average=True)
             return loss, {"nll_loss": loss.detach(), "logps/chosen": logps.mean()}
         n = batch["chosen_input_ids"].size(0)
-        width = max(batch[f"{s}_input_ids"].shape[1] for s in ("chosen", "rejected"))
-
         def cat(field: str, value: int) -> torch.Tensor:
-            return torch.cat([F.pad(batch[f"{s}_{field}"], (0, width - batch[f"{s}_{field}"].shape[1]), value=value)
-                              for s in ("chosen", "rejected")])
+            return stack_padded([batch[f"chosen_{field}"], batch[f"rejected_{field}"]], value)
 
         logits = self._logits(cat("input_ids", IGNORE_PAD_ID), cat("attention_mask", 0))
         logps = sequence_logps(logits, cat("labels", IGNORE), average=True)
