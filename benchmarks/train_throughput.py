@@ -191,7 +191,7 @@ def run_ours(model_dir: str, steps: int, n_pairs: int, max_length: int) -> dict[
     return clock.summary("ours", sum(p.numel() for p in module.model.parameters()))
 
 
-def run_trl(model_dir: str, steps: int, n_pairs: int, max_length: int) -> dict[str, Any]:
+def run_trl(model_dir: str, steps: int, n_pairs: int, max_length: int, order: list[str]) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -207,7 +207,8 @@ def run_trl(model_dir: str, steps: int, n_pairs: int, max_length: int) -> dict[s
             clock.ends.append(time.perf_counter())
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    _, ordered = _our_data(model_dir, n_pairs, max_length, tok)
+    by_id = {p["id"]: p for p in make_pairs(n_pairs)}
+    ordered = [by_id[i] for i in order]
     # plain-text rows: the prompt already chat-templated, completions as text, so TRL's tokenisation
     # (prompt ids, then completion ids and eos) gives exactly our token ids
     rows = [{"prompt": tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=False),
@@ -261,8 +262,11 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     model_dir = _model_dir(args.model)
-    run = run_ours if args.side == "ours" else run_trl
-    result = run(model_dir, args.steps, args.pairs, args.max_length)
+    if args.side == "ours":
+        result = run_ours(model_dir, args.steps, args.pairs, args.max_length)
+    else:  # the batch order comes from the parent, so this process never imports Lightning
+        with open(args.order, encoding="utf-8") as f:
+            result = run_trl(model_dir, args.steps, args.pairs, args.max_length, json.load(f))
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result))
 
@@ -279,6 +283,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for both sides; 0: the cores idle at start (cpu count minus 1-min load)")
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--order", help=argparse.SUPPRESS)  # JSON list of pair ids in our sampler's order
     args = ap.parse_args()
     if args.quick:
         args.model, args.steps, args.repeats, args.max_length = "tiny", 2, 1, 4096
@@ -294,6 +299,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peak = matmul_peak_gflops()
     load_start = os.getloadavg()[0]
+    _, ordered = _our_data(_model_dir(args.model), args.pairs, args.max_length)
+    order_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    with order_file:
+        json.dump([p["id"] for p in ordered], order_file)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
@@ -301,13 +310,14 @@ def main() -> None:
         for side in ("ours", "trl"):
             cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(args.steps),
                    "--model", args.model, "--pairs", str(args.pairs), "--threads", str(args.threads),
-                   "--max-length", str(args.max_length)]
+                   "--max-length", str(args.max_length), "--order", order_file.name]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 sys.stderr.write(out.stderr[-4000:])
                 raise SystemExit(f"the {side} run failed with exit code {out.returncode}")
             runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(runs[side][-1]), file=sys.stderr, flush=True)
+    os.unlink(order_file.name)
     peak = max(peak, matmul_peak_gflops())
     ours = max(runs["ours"], key=lambda r: r["tokens_per_s"])
     trl = max(runs["trl"], key=lambda r: r["tokens_per_s"])

@@ -97,9 +97,9 @@ class _LinearTokenLogps(torch.autograd.Function):
 
 def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                        chunk: int = LM_HEAD_CHUNK) -> torch.Tensor:
-    """float32 (float64 for float64 inputs) log p(target) under an LM head `weight` (vocab, hidden), for flat rows `hidden` (n, hidden).
+    """log p(target) for flat rows `hidden` (n, hidden) under an LM head `weight` (vocab, hidden).
 
-    Equals `log_softmax(hidden @ weight.T).gather(targets)` (same float32 upcast as `token_logps`),
+    Equals `log_softmax(hidden @ weight.T).gather(targets)` in float32 (float64 for float64 inputs),
     with gradients for `hidden` and `weight`, but never holds more than `chunk` rows of logits. Pass
     only the rows that are scored (no prompt rows the loss ignores, no padding): the LM head is the
     largest single matmul of a small model, so rows not computed are time saved as well.

@@ -1,7 +1,8 @@
 """The LightningModule: ORPO or SFT on preference pairs, with TRL-compatible metric names.
 
-ORPO runs chosen and rejected as one concatenated forward pass (half the kernel launches, and one
-pass is what FSDP wants). Metrics are logged as `train/<name>` per step and `val/<name>` per
+Chosen and rejected share one call into `forward.scored_token_logps`: unpadded sequences on CPU,
+one padded pass on accelerators, and only scored tokens through a chunked LM head, never the full
+(batch, length, vocab) logits. Metrics are logged as `train/<name>` per step and `val/<name>` per
 epoch, so a W&B dashboard can put our runs next to TRL's (`rewards/margins`, `log_odds_ratio`, ...).
 """
 from __future__ import annotations
