@@ -16,7 +16,8 @@ from oyster_exp.training.data import (
     BucketBatchSampler, PreferenceDataModule, PreferenceExample, collate, tokenize_example,
 )
 from oyster_exp.training.losses import (
-    IGNORE, LOG1MEXP_CAP, full_sequence_labels, log1mexp, orpo_loss, sequence_logps, sft_loss, token_nll,
+    IGNORE, LOG1MEXP_CAP, full_sequence_labels, linear_token_logps, log1mexp, orpo_loss, sequence_logps, sft_loss,
+    token_nll,
 )
 from oyster_exp.training.module import PreferenceModule
 from oyster_exp.training.run import fit_preference_model
@@ -296,3 +297,128 @@ def test_prompt_tokens_match_trl_and_the_completion_differs_only_after_eos(trl_r
         trl_completion = trl_row["chosen_input_ids"][len(trl_row["prompt_input_ids"]):]
         ours = f["chosen_input_ids"][f["prompt_len"]:]
         assert trl_completion[:len(ours)] == ours
+
+
+# ---------------------------------------------------------------- the chunked LM head and the scored-token forward
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_chunked_linear_logps_equal_log_softmax_with_the_same_gradients(chunk: int) -> None:
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(10, 8, generator=g, dtype=torch.float64).float().requires_grad_()
+    weight = torch.randn(37, 8, generator=g).requires_grad_()
+    targets = torch.randint(0, 37, (10,), generator=g)
+    upstream = torch.randn(10, generator=g)  # a non-uniform upstream gradient, as a real loss gives
+    plain = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets[:, None]).squeeze(-1)
+    (plain * upstream).sum().backward()
+    ref = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    chunked = linear_token_logps(hidden, weight, targets, chunk=chunk)
+    (chunked * upstream).sum().backward()
+    assert chunked.dtype == torch.float32
+    assert torch.allclose(chunked, plain, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(hidden.grad, ref[0], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(weight.grad, ref[1], rtol=1e-5, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda h, w: linear_token_logps(h, w, targets[:4], chunk),
+                                     (hidden[:4].detach().double().requires_grad_(),
+                                      weight.detach().double().requires_grad_()))
+
+
+def test_chunked_linear_logps_handles_no_rows_and_rejects_bad_shapes() -> None:
+    weight = torch.randn(5, 3, requires_grad=True)
+    empty = linear_token_logps(torch.zeros(0, 3, requires_grad=True), weight, torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0,)
+    empty.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    with pytest.raises(ValueError, match="disagree"):
+        linear_token_logps(torch.zeros(2, 4), weight, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="chunk"):
+        linear_token_logps(torch.zeros(2, 3), weight, torch.zeros(2, dtype=torch.long), chunk=0)
+
+
+def _uneven_batch(tokenizer: Any) -> dict[str, Any]:
+    """Pairs whose chosen and rejected differ in length in both directions, with system prompts."""
+    examples = [PreferenceExample(id=str(i), prompt=_ex(i, prompt_words=1 + 6 * i, system=i == 1).prompt,
+                                  chosen="safe helpful answer " * (1 + 4 * i), rejected="unsafe " * (9 - 4 * i))
+                for i in range(3)]
+    return collate([tokenize_example(e, tokenizer, 128) for e in examples], tokenizer.pad_token_id)
+
+
+def _loss_metrics_grads(module: PreferenceModule, fn: Any, batch: dict[str, Any]) -> tuple[Any, ...]:
+    module.model.zero_grad()
+    loss, metrics = fn(batch)
+    loss.backward()
+    return float(loss), {k: float(v) for k, v in metrics.items()}, [p.grad.clone() for p in module.model.parameters()]
+
+
+@pytest.mark.parametrize("objective", ["orpo", "sft"])
+@pytest.mark.parametrize("nll_span", ["response", "prompt_and_response"])
+def test_scored_token_path_equals_the_full_logits_path(tiny_model_dir: Path, tokenizer: Any, objective: str,
+                                                       nll_span: str) -> None:
+    module = PreferenceModule(str(tiny_model_dir), objective=objective, nll_span=nll_span)
+    batch = _uneven_batch(tokenizer)
+    assert batch["chosen_input_ids"].shape[1] != batch["rejected_input_ids"].shape[1]  # each side its own width
+    assert module._output_head() is module.model.lm_head
+    assert set(module.state_dict()) == {f"model.{k}" for k in module.model.state_dict()}  # the cache adds no weights
+    ref_loss, ref_metrics, ref_grads = _loss_metrics_grads(module, module.compute_from_logits, batch)
+    for layout in ("unpadded", "padded"):
+        module.forward_layout = layout
+        loss, metrics, grads = _loss_metrics_grads(module, module.compute, batch)
+        assert loss == pytest.approx(ref_loss, rel=1e-5), layout
+        assert metrics.keys() == ref_metrics.keys()
+        for key, value in ref_metrics.items():
+            assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (layout, key)
+        for mine, ref in zip(grads, ref_grads):
+            assert float((mine - ref).norm()) <= 1e-5 * float(ref.norm()) + 1e-9, layout
+
+
+def test_a_head_that_is_not_a_plain_linear_falls_back_to_full_logits(tiny_model_dir: Path, tokenizer: Any) -> None:
+    module = PreferenceModule(str(tiny_model_dir))
+    old = module.model.lm_head
+    biased = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(old.weight)
+        biased.bias.fill_(0.5)
+    module.model.lm_head = biased
+    assert module._output_head() is None
+    batch = _uneven_batch(tokenizer)
+    assert float(module.compute(batch)[0]) == pytest.approx(float(module.compute_from_logits(batch)[0]), rel=1e-6)
+    # a plain linear head whose logits the model then rescales (soft-capping, logit scaling) fails the check
+    module.model.lm_head = old
+    hook = module.model.register_forward_hook(lambda mod, args, out: setattr(out, "logits", out.logits * 0.5))
+    module._head_cache = None  # the check runs once per model object; force it again
+    assert module._output_head() is None
+    hook.remove()
+    module._head_cache = None
+    assert module._output_head() is old
+
+
+def test_scored_token_logps_rejects_left_padding(tiny_model_dir: Path) -> None:
+    from oyster_exp.training.forward import scored_token_logps
+
+    module = PreferenceModule(str(tiny_model_dir))
+    ids = torch.tensor([[0, 5, 6, 7]])
+    with pytest.raises(ValueError, match="right-padded"):
+        scored_token_logps(module.model, module.model.lm_head, ids, torch.tensor([[0, 1, 1, 1]]), ids, ids)
+    with pytest.raises(ValueError, match="layout"):
+        scored_token_logps(module.model, module.model.lm_head, ids, torch.ones_like(ids), ids, ids, layout="packed")
+
+
+# ---------------------------------------------------------------- the throughput benchmark runs end to end
+
+@pytest.mark.slow
+def test_train_throughput_benchmark_quick_run_reports_every_key() -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "train_throughput.py"), "--quick", "--pairs", "8",
+                          "--threads", "1"], capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("ours_tokens_per_s", "trl_tokens_per_s", "tokens_per_s_ratio", "ours_peak_rss_mb", "trl_peak_rss_mb",
+                "peak_rss_ratio", "loss_abs_diff_step0", "mfu", "config", "steps", "repeats"):
+        assert key in line, key
+    assert line["same_first_batch"] is True and line["steps"] == 2
+    assert line["loss_abs_diff_step0"] <= 1e-4  # same weights, same batch: TRL's loss
+    assert line["ours_tokens_per_s"] > 0 and line["trl_tokens_per_s"] > 0 and 0 < line["mfu"] < 1

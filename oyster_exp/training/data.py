@@ -92,10 +92,14 @@ _PAD_FIELDS = {"input_ids": None, "attention_mask": 0, "labels": IGNORE, "labels
 
 
 def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad both sides to one width (the batch's longest sequence): one forward pass for both."""
-    width = max(len(f[f"{side}_input_ids"]) for f in features for side in ("chosen", "rejected"))
+    """Right-pad each side to its own longest sequence.
+
+    Chosen and rejected of one pair often differ a lot in length; padding both to one width would
+    grow the shorter side for nothing. The module stacks them itself only where a layout needs it.
+    """
     out: dict[str, Any] = {"ids": [f["id"] for f in features]}
     for side in ("chosen", "rejected"):
+        width = max(len(f[f"{side}_input_ids"]) for f in features)
         for field, pad in _PAD_FIELDS.items():
             value = pad_id if pad is None else pad
             rows = [f[f"{side}_{field}"] + [value] * (width - len(f[f"{side}_{field}"])) for f in features]

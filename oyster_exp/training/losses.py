@@ -8,7 +8,7 @@ probability approaches 1, the failure TRL saw as NaNs (trl#3237, trl#2564).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,73 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
         rows.append(row.gather(-1, row_index).squeeze(-1) - torch.logsumexp(row, dim=-1))
     logps = torch.stack(rows) if rows else logits.new_zeros(target.shape, dtype=torch.float32)
     return torch.where(mask, logps, torch.zeros_like(logps)), mask
+
+
+LM_HEAD_CHUNK = 256
+"""Rows per LM-head chunk: 256 rows x a 49k vocab is 50 MB of float32 logits at a time."""
+
+
+class _LinearTokenLogps(torch.autograd.Function):
+    """`log_softmax(hidden @ weight.T)[row, target]` in row chunks, recomputing the logits in backward.
+
+    Autograd would keep every chunk's (rows, vocab) logits and softmax alive until backward, the
+    same memory as the full logits; here only the hidden rows, the weight and one logsumexp per row
+    are saved, and backward rebuilds one chunk of logits at a time (one extra LM-head matmul, about
+    a fifth of a forward for a 135M model with a 49k vocabulary).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        lse = torch.empty_like(out)
+        for start in range(0, hidden.shape[0], chunk):
+            stop = start + chunk
+            logits = (hidden[start:stop] @ weight.T).to(acc)
+            lse[start:stop] = torch.logsumexp(logits, dim=-1)
+            out[start:stop] = logits.gather(-1, targets[start:stop, None]).squeeze(-1) - lse[start:stop]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, targets, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if need_weight else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            stop = start + ctx.chunk
+            h, g = hidden[start:stop], grad_out[start:stop].to(lse.dtype)
+            # d logp[target] / d logits = onehot(target) - softmax(logits)
+            grad_logits = torch.exp((h @ weight.T).to(lse.dtype) - lse[start:stop, None]).mul_(-g[:, None])
+            grad_logits.scatter_add_(-1, targets[start:stop, None], g[:, None])
+            grad_logits = grad_logits.to(weight.dtype)
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[start:stop])
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T.to(lse.dtype), h.to(lse.dtype))
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                       chunk: int = LM_HEAD_CHUNK) -> torch.Tensor:
+    """log p(target) for flat rows `hidden` (n, hidden) under an LM head `weight` (vocab, hidden).
+
+    Equals `log_softmax(hidden @ weight.T).gather(targets)` in float32 (float64 for float64 inputs),
+    with gradients for `hidden` and `weight`, but never holds more than `chunk` rows of logits. Pass
+    only the rows that are scored (no prompt rows the loss ignores, no padding): the LM head is the
+    largest single matmul of a small model, so rows not computed are time saved as well.
+    """
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1] or weight.shape[-1] != hidden.shape[-1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and targets "
+                         f"{tuple(targets.shape)} disagree")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    return _LinearTokenLogps.apply(hidden, weight, targets, int(chunk))
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> torch.Tensor:

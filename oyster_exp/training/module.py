@@ -1,7 +1,8 @@
 """The LightningModule: ORPO or SFT on preference pairs, with TRL-compatible metric names.
 
-ORPO runs chosen and rejected as one concatenated forward pass (half the kernel launches, and one
-pass is what FSDP wants). Metrics are logged as `train/<name>` per step and `val/<name>` per
+Chosen and rejected share one call into `forward.scored_token_logps`: unpadded sequences on CPU,
+one padded pass on accelerators, and only scored tokens through a chunked LM head, never the full
+(batch, length, vocab) logits. Metrics are logged as `train/<name>` per step and `val/<name>` per
 epoch, so a W&B dashboard can put our runs next to TRL's (`rewards/margins`, `log_odds_ratio`, ...).
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from oyster_exp.training.losses import orpo_loss, sequence_logps, sft_loss, token_nll
+from oyster_exp.training.forward import output_head, scored_token_logps, stack_padded
+from oyster_exp.training.losses import IGNORE, orpo_loss, sequence_logps, sft_loss, token_nll
 from oyster_exp.training.models import LoraSettings, export_pretrained, load_causal_lm, model_card
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -22,6 +24,8 @@ SchedulerFactory = Callable[..., Any]
 OBJECTIVES = ("orpo", "sft")
 NLL_SPANS = ("response", "prompt_and_response")
 DEFAULT_LR = 5e-5
+IGNORE_PAD_ID = 0
+"""Token id for padding added when chosen and rejected are stacked; masked out, so any id works."""
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
@@ -75,8 +79,46 @@ class PreferenceModule(L.LightningModule):
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
+    forward_layout: str = "auto"
+    """Decoder layout for the scored-token path: `unpadded` (each sequence at its own length, the CPU
+    choice), `padded` (one right-padded batch, the accelerator choice) or `auto` (by device)."""
+
+    def _output_head(self) -> torch.nn.Linear | None:
+        """The LM head for the chunked path, checked once per model (None: use full logits)."""
+        cached = getattr(self, "_head_cache", None)  # a tuple, so nn.Module does not register the head twice
+        if cached is None or cached[0] is not self.model:
+            self._head_cache = cached = (self.model, output_head(self.model))
+        return cached[1]
+
     def compute(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss and detached metrics for one collated batch (see `data.collate`)."""
+        """Loss and detached metrics for one collated batch (see `data.collate`).
+
+        Chosen and rejected go through the decoder together (`forward.scored_token_logps`) and only
+        the scored positions through the LM head; models whose logits are not a plain linear head
+        of the last hidden state take `compute_from_logits`, the same maths on full logits.
+        """
+        head = self._output_head()
+        if head is None:
+            return self.compute_from_logits(batch)
+        full = self.nll_span == "prompt_and_response"
+        chosen_scored = batch["chosen_labels_full" if full else "chosen_labels"]
+        if self.objective == "sft":
+            tokens = scored_token_logps(self.model, head, batch["chosen_input_ids"], batch["chosen_attention_mask"],
+                                        chosen_scored, batch["chosen_labels"], self.forward_layout)
+            loss = tokens.nll(tokens.num_sequences, response_only=False)
+            return loss, {"nll_loss": loss.detach(), "logps/chosen": tokens.response_mean().detach().mean()}
+        n = batch["chosen_input_ids"].size(0)
+        tokens = scored_token_logps(
+            self.model, head, stack_padded([batch["chosen_input_ids"], batch["rejected_input_ids"]], IGNORE_PAD_ID),
+            stack_padded([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], 0),
+            stack_padded([chosen_scored, batch["rejected_labels"]], IGNORE),
+            stack_padded([batch["chosen_labels"], batch["rejected_labels"]], IGNORE), layout=self.forward_layout)
+        logps = tokens.response_mean()
+        return orpo_loss(logps[:n], logps[n:], tokens.nll(n, response_only=False), self.beta)
+
+    def compute_from_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`compute` on the model's full logits: the reference path, and the fallback for heads
+        `forward.output_head` cannot split off (soft-capping, scaled or PEFT-wrapped heads)."""
         full = self.nll_span == "prompt_and_response"
         if self.objective == "sft":
             width = int(batch["chosen_attention_mask"].sum(-1).max())  # drop columns only rejected needs
@@ -86,12 +128,13 @@ class PreferenceModule(L.LightningModule):
             logps = sequence_logps(logits.detach(), batch["chosen_labels"][:, :width], average=True)
             return loss, {"nll_loss": loss.detach(), "logps/chosen": logps.mean()}
         n = batch["chosen_input_ids"].size(0)
-        input_ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
-        attention_mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-        labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
-        logits = self._logits(input_ids, attention_mask)
-        logps = sequence_logps(logits, labels, average=True)
-        chosen_nll = token_nll(logits[:n], batch["chosen_labels_full" if full else "chosen_labels"])
+        def cat(field: str, value: int) -> torch.Tensor:
+            return stack_padded([batch[f"chosen_{field}"], batch[f"rejected_{field}"]], value)
+
+        logits = self._logits(cat("input_ids", IGNORE_PAD_ID), cat("attention_mask", 0))
+        logps = sequence_logps(logits, cat("labels", IGNORE), average=True)
+        chosen_labels = batch["chosen_labels_full" if full else "chosen_labels"]
+        chosen_nll = token_nll(logits[:n, :chosen_labels.shape[1]], chosen_labels)
         return orpo_loss(logps[:n], logps[n:], chosen_nll, self.beta)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
