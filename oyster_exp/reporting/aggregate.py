@@ -112,7 +112,14 @@ def _curves(run: Path) -> dict[str, dict[float, float]]:
     betas = list(OmegaConf.select(cfg, "eval.construction.betas", default=None) or [0.1, 0.5, 1, 2, 3, 5, 10])
     alpha = float(OmegaConf.select(cfg, "eval.construction.alpha", default=1.0) or 1.0)
     _, curves = summarise(evals, [float(b) for b in betas], alpha, 2.0, resamples=10)
-    return curves
+    # summarise names a curve "model (split)" unless the split is the held-out seed set; an arm draws one
+    # curve per model, so a lone split's curve goes under the plain model name
+    out = dict(curves)
+    for key, curve in curves.items():
+        model = key.split(" (", 1)[0]
+        if model != key and model not in out:
+            out[model] = out.pop(key)
+    return out
 
 
 def read_arm(run: Path, ledger: dict[str, dict[str, Any]], sweep: Path | None) -> Arm:
