@@ -18,7 +18,7 @@ def _worker(path: str, who: int, cache: CallCache | None, start: object, out: mp
     """Put every key (in its own order, with its own value), read back a random earlier key in between."""
     try:
         cache = cache or CallCache(Path(path))
-        start.wait(timeout=120)  # type: ignore[attr-defined] - every writer starts together
+        start.wait(timeout=600)  # type: ignore[attr-defined] - every writer starts together (spawned children import slowly on a loaded box)
         rng = random.Random(who)
         order = KEYS[:]
         rng.shuffle(order)
@@ -47,7 +47,7 @@ def test_concurrent_writers_agree_and_lose_nothing(tmp_path: Path, method: str) 
     procs = [ctx.Process(target=_worker, args=(str(path), who, inherited, start, out)) for who in range(PROCS)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=120) for _ in procs]
+    results = [out.get(timeout=900) for _ in procs]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
