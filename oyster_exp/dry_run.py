@@ -276,8 +276,10 @@ def render(est: dict[str, Any]) -> str:
     for line in est["built"]:
         console.print(f"  built: {line}")
     m = est["memory_per_gpu"]
-    t = Table(title=f"memory per GPU: {m['params'] / 1e9:.2f}B params, {m['strategy']} over {m['gpus']} GPU(s), "
-                    f"{m['precision']}")
+    # titles go on their own line: a table title wraps to the table's width and splits the phrase
+    console.print(f"memory per GPU: {m['params'] / 1e9:.2f}B params, {m['strategy']} over {m['gpus']} GPU(s), "
+                  f"{m['precision']}")
+    t = Table()
     for col in ("weights", "grads", "Adam", "activations", "logits", "total"):
         t.add_column(col + " (GiB)", justify="right")
     t.add_row(*(f"{m[k]:.2f}" for k in ("weights_gib", "grads_gib", "optimizer_gib", "activations_gib", "logits_gib",
@@ -287,9 +289,10 @@ def render(est: dict[str, Any]) -> str:
         console.print(f"  WARNING: {m['total_gib']:.1f} GiB per GPU exceeds {GPU_GIB} GiB (A100/H100-80G): lower "
                       f"training.batch_size or training.max_length, or add GPUs")
     llm = est["llm"]
-    t2 = Table(title=f"LLM ({est['data_engine_llm']}): {est['train_queries']} train + {est['heldout_queries']} held-out "
-                     f"queries, Lingo-BP {est['lingo_bp']}, {llm['calls_per_train_query']} calls per train query "
-                     f"({llm['optimize_calls_per_query']} in optimize)")
+    console.print(f"LLM ({est['data_engine_llm']}): {est['train_queries']} train + {est['heldout_queries']} held-out "
+                  f"queries, Lingo-BP {est['lingo_bp']}, {llm['calls_per_train_query']} calls per train query "
+                  f"({llm['optimize_calls_per_query']} in optimize)", soft_wrap=True)
+    t2 = Table()
     for col in ("stage", "calls", "tokens in", "tokens out (max)"):
         t2.add_column(col, justify="right" if col != "stage" else "left")
     for stage, r in llm["per_stage"].items():
