@@ -2,8 +2,9 @@
 
 Free text: requests with equal sampling parameters are generated together, one left-padded
 `model.generate` call per micro-batch. Sampling is done per row by a logits processor with its
-own `torch.Generator` seeded from the request, so a sampled reply depends on its request (and
-seed) only, not on which other requests shared its batch.
+own `torch.Generator` seeded from the request (its seed mixed with its messages, see
+`sampling_seed`), so a sampled reply depends on its request only, not on which other requests
+shared its batch.
 
 Structured output (`response_schema` set): the reply is decoded into a fixed JSON frame over a KV
 cache (see `json_frame`): keys, quotes and separators are fed to the model as given text, only
@@ -13,6 +14,7 @@ as free text cut at a quote or newline, numbers constrained to digits. The conte
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -51,6 +53,19 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.G
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
+def sampling_seed(req: ChatRequest) -> int:
+    """The request's seed mixed with its messages.
+
+    The service gives every conversation of a step the same seed; with that seed alone a weak model
+    samples the same tokens whatever the prompt (the tiny test model then rates every response alike).
+    Mixing in the text gives each conversation its own, still reproducible, stream.
+    """
+    h = hashlib.sha256(str(req.seed).encode())
+    for m in req.messages:
+        h.update(b"\x00" + m.role.encode() + b"\x00" + m.content.encode())
+    return int.from_bytes(h.digest()[:8], "big") >> 1
+
+
 class _RowSampler:
     """A `generate` logits processor: bans control tokens and samples each row with its own seed.
 
@@ -61,7 +76,7 @@ class _RowSampler:
     def __init__(self, ban: torch.Tensor, reqs: list[ChatRequest], device: torch.device):
         self.ban = ban
         self.rows = [(r.temperature, r.top_p,
-                      torch.Generator(device=device).manual_seed(r.seed) if r.temperature > 0 else None)
+                      torch.Generator(device=device).manual_seed(sampling_seed(r)) if r.temperature > 0 else None)
                      for r in reqs]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -139,7 +154,7 @@ class _Sequence:
         self.cache = DynamicCache(config=client.model.config)
         self.temperature = req.temperature
         self.top_p = req.top_p
-        self.gen = torch.Generator(device=client.device).manual_seed(req.seed)
+        self.gen = torch.Generator(device=client.device).manual_seed(sampling_seed(req))
         self.pending: list[int] = list(prompt_ids)
         self.completion_tokens = 0      # ids after the prompt, given or generated
         self.forwards = 0

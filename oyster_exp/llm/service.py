@@ -7,7 +7,6 @@ failure with its reason instead of raising or inventing a value.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -61,19 +60,6 @@ class Usage:
         return {"total": self.totals(), "by_stage_role": {k: dict(v) for k, v in sorted(self.by_stage_role.items())}}
 
 
-def conversation_seed(base: int, messages: list[ChatMessage]) -> int:
-    """The run seed mixed with the conversation's text.
-
-    With one seed for every request, a sampled reply depends on the prompt only through the logits, so a
-    weak model answers different prompts with the same tokens (the tiny test model rates every response
-    alike). Mixing in the text gives each conversation its own, still reproducible, random stream.
-    """
-    h = hashlib.sha256(str(base).encode())
-    for m in messages:
-        h.update(b"\x00" + m.role.encode() + b"\x00" + m.content.encode())
-    return int.from_bytes(h.digest()[:4], "big") >> 1
-
-
 class LLMService:
     def __init__(self, roles: dict[str, RoleBinding], cache: CallCache | None = None, max_retries: int = 2,
                  seed: int = 0):
@@ -94,7 +80,7 @@ class LLMService:
             # a retry must not repeat the same greedy reply: sample, with a new seed
             temperature=temp if attempt == 0 else max(temp, 0.7),
             top_p=b.top_p,
-            seed=conversation_seed(self.seed, messages) + seed_offset + attempt,
+            seed=self.seed + seed_offset + attempt,
             response_schema=schema,
             max_tokens_per_field=b.max_tokens_per_field,
             enable_thinking=b.enable_thinking,
