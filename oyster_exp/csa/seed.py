@@ -8,12 +8,12 @@ is stored under its canonical EN name).
 """
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from oyster_exp.csa.taxonomy import NO_RISK, Taxonomy, UnknownCategoryError, default_taxonomy
+from oyster_exp.jsonl_input import jsonl_objects
 
 KEYS = ("id", "query", "language", "risk_level", "category", "persona", "task")
 LANGUAGES = ("en", "cn")
@@ -40,23 +40,9 @@ def load_query_file(path: Path | str, taxonomy: Taxonomy | None = None) -> list[
 
 
 def _load(path: Path, tax: Taxonomy, seed: bool) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+    for n, row in jsonl_objects(path):
         row = _check_row(row, tax, seed, where=f"{path}:{n}")
         if row["id"] in seen:
             raise ValueError(f"{path}:{n}: field 'id': {row['id']!r} is a duplicate of line {seen[row['id']]}")

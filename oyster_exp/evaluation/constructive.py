@@ -13,13 +13,13 @@ A bad line fails with `<file>:<line>: field '<name>': ...`, before any model is 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from oyster_exp.csa.taxonomy import Taxonomy, default_taxonomy
+from oyster_exp.jsonl_input import jsonl_objects
 
 REQUIRED = ("id", "query", "risk_level", "category", "persona", "task", "language")
 OPTIONAL = ("reference_responses",)
@@ -80,23 +80,11 @@ def load_constructive(path: Path | str, taxonomy: Taxonomy | None = None, limit:
     tax = taxonomy or default_taxonomy()
     if not path.is_file():
         raise ValueError(f"{path}: constructive-benchmark file not found")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     items: list[ConstructiveItem] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
+    for n, row in jsonl_objects(path):
         if limit is not None and len(items) >= limit:
             break
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
         item = _check(row, f"{path}:{n}", tax)
         if item.id in seen:
             raise ValueError(f"{path}:{n}: field 'id': {item.id!r} is a duplicate of line {seen[item.id]}")
