@@ -11,9 +11,10 @@ from oyster_exp.artifacts import CacheEntry, Journal
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.lingo_bp import EditSettings
 from oyster_exp.csa.optimize import LoopSettings, PearlPoint, QueryInput, QueryResult, optimize_batch
-from oyster_exp.csa.schemas import NO_RISK
+from oyster_exp.csa.players import judge_item_for
 from oyster_exp.csa.stackelberg import normalise_posterior, weights_from
 from oyster_exp.csa.strategies import similarity_from
+from oyster_exp.csa.taxonomy_access import taxonomy_for
 from oyster_exp.pipeline import RunContext, Stage
 from oyster_exp.records import OptimizeRecord
 
@@ -59,12 +60,15 @@ def record_from(res: QueryResult, s: LoopSettings) -> OptimizeRecord:
 
 class OptimizeStage(Stage):
     name = "optimize"
+    version = 2                            # 2: the auditor sees every assessed category's rules
     record_type = OptimizeRecord
     inputs = ("generate", "assess", "extract")
-    config_keys = ("llm.roles", "llm.max_retries", "lingo_bp", "stackelberg", "seed", "data.system_prompt")
+    config_keys = ("llm.roles", "llm.max_retries", "lingo_bp", "stackelberg", "seed", "data.system_prompt",
+                   "risk.taxonomy_path")
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         s = settings_from(ctx.cfg)
+        tax = taxonomy_for(ctx.cfg)
         assess = {r.id: r for r in inputs["assess"]}
         chains = {r.id: r for r in inputs["extract"]}
         todo: list[QueryInput] = []
@@ -77,8 +81,9 @@ class OptimizeStage(Stage):
                 journal.append(OptimizeRecord(id=g.id, query=g.query, language=g.language,
                                               failure=f"upstream: {upstream}"))
                 continue
-            category = (a.assessment.category if a.assessment else None) or NO_RISK
-            guideline = "\n".join(f"{i}. {r}" for i, r in enumerate(a.guideline, 1))
+            # the auditor's view: every assessed category, one rule block each, in the query's language
+            view = judge_item_for(g.query, "", g.language, a, tax)
+            category, guideline = view.category, view.guideline
             posterior = getattr(a.assessment, "follower_posterior", None) if a.assessment else None
             todo.append(QueryInput(id=g.id, query=g.query, lang=g.language, think=g.think, response=g.response,
                                    chain=c.chain or SafetyChain(), category=category, guideline=guideline,
