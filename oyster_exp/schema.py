@@ -210,6 +210,7 @@ class LingoBPConfig:
     replace_threshold: float | None = field(default=None, metadata=_r(ge=0.0, le=1.0))
     unfrozen: UnfrozenConfig = field(default_factory=UnfrozenConfig)
     regression_guard: bool = True
+    later_wins_ties: bool = True          # the best trace entry on equal rewards: the latest (false: the earliest)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     satisfaction_weight: float = field(default=1.0, metadata=_r(ge=0.0))
     safety_weight: float = field(default=1.0, metadata=_r(ge=0.0))

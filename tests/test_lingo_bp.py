@@ -89,7 +89,8 @@ def test_best_and_start_index_follow_the_regression_guard() -> None:
     assert best_index(t) == 1
     assert start_index(t, guard=True) == 1 and start_index(t, guard=False) == 2
     tie = [TraceEntry(iteration=i, mode="both", response=str(i), reward=1.0) for i in range(2)]
-    assert best_index(tie) == 0 and start_index(tie, guard=True) == 1   # an equal step is not a regression
+    assert best_index(tie) == 1 and start_index(tie, guard=True) == 1   # an equal step is not a regression
+    assert best_index(tie, later_wins_ties=False) == 0
 
 
 def test_unused_new_fields_are_left_out_of_records() -> None:

@@ -44,6 +44,7 @@ class LoopSettings:
     w_satisfaction: float = 1.0
     w_safety: float = 1.0
     regression_guard: bool = True
+    later_wins_ties: bool = True                           # best entry on equal rewards: the latest (else earliest)
     early_stop: Mapping[str, PearlPoint] | None = None     # mode -> pearl point; None = run the whole schedule
     stackelberg: bool = False
     candidates: int = 1                                    # K (stackelberg only)
@@ -87,10 +88,13 @@ def reward(entry: TraceEntry, s: LoopSettings) -> float | None:
     return s.w_satisfaction * entry.user.score + s.w_safety * entry.safety.score
 
 
-def best_index(trace: Sequence[TraceEntry]) -> int | None:
-    """The highest-reward entry; the earliest on ties (a later entry must improve to win)."""
-    scored = [(e.reward, -i) for i, e in enumerate(trace) if e.reward is not None]
-    return -max(scored)[1] if scored else None
+def best_index(trace: Sequence[TraceEntry], later_wins_ties: bool = True) -> int | None:
+    """The highest-reward entry. On ties the latest by default: a step the judges cannot tell from the
+    best so far still carries the optimised reasoning path (with a weak judge every entry ties, and
+    earliest-wins would leave no Lingo-BP output to learn from); `later_wins_ties=False` makes a later
+    entry improve strictly to win."""
+    scored = [(e.reward, i if later_wins_ties else -i) for i, e in enumerate(trace) if e.reward is not None]
+    return abs(max(scored)[1]) if scored else None
 
 
 def start_index(trace: Sequence[TraceEntry], guard: bool) -> int:

@@ -10,7 +10,8 @@ from typing import Any
 from oyster_exp.artifacts import CacheEntry, Journal
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.lingo_bp import EditSettings
-from oyster_exp.csa.optimize import LoopSettings, PearlPoint, QueryInput, QueryResult, optimize_batch
+from oyster_exp.csa.optimize import (LoopSettings, PearlPoint, QueryInput, QueryResult, best_index,
+                                     optimize_batch)
 from oyster_exp.csa.players import judge_item_for
 from oyster_exp.csa.stackelberg import normalise_posterior, weights_from
 from oyster_exp.csa.strategies import similarity_from
@@ -44,14 +45,15 @@ def settings_from(cfg: Any, actor_max_tokens: int | None = None) -> LoopSettings
         actor_max_tokens = int(cfg.llm.roles.actor.max_tokens)
     return LoopSettings(iterations=[_value(m) for m in lb.iterations], edit=edit,
                         w_satisfaction=float(lb.satisfaction_weight), w_safety=float(lb.safety_weight),
-                        regression_guard=bool(lb.regression_guard), early_stop=early,
+                        regression_guard=bool(lb.regression_guard), later_wins_ties=bool(lb.later_wins_ties),
+                        early_stop=early,
                         stackelberg=bool(sb.enabled), candidates=int(sb.candidates), weights=weights_from(sb),
                         temperature=float(sb.temperature), actor_max_tokens=actor_max_tokens,
                         system_prompt=str(cfg.data.system_prompt or ""))
 
 
 def record_from(res: QueryResult, s: LoopSettings) -> OptimizeRecord:
-    it, best = res.item, res.best_index
+    it, best = res.item, best_index(res.trace, s.later_wins_ties)
     failure = None if best is not None else (res.trace[0].failure if res.trace else None) or "no judged trace entry"
     return OptimizeRecord(id=it.id, query=it.query, language=it.lang, trace=res.trace, best_index=best,
                           failure=failure, stop_reason=res.stop_reason,
