@@ -160,7 +160,7 @@ def read_ledger(sweep: Path) -> list[dict[str, Any]]:
 
 
 def objective_value(run_dir: Path, key: str) -> float:
-    """The report headline `key` (e.g. "trained/constructive@beta=2") of a finished run, NaN if absent."""
+    """The report headline `key` (e.g. "trained/construction/constructive@beta=2") of a finished run, NaN if absent."""
     path = run_dir / "artifacts" / "report.jsonl"
     if not path.exists():
         return math.nan
