@@ -69,6 +69,26 @@ def point_wandb_at(loggers: list[Any], run_id: str) -> bool:
     return ok
 
 
+def start_resumed_wandb(loggers: list[Any], attempts: int = 60, wait_s: float = 1.0) -> None:
+    """Start W&B loggers that continue a killed run, waiting while the run id is still held.
+
+    After a SIGKILL the dead process's wandb-core can hold the run for a few seconds ("run ID ... is in
+    use"); starting the resumed run at once then fails the whole train stage, so wait for it instead.
+    """
+    import time
+
+    for lg in wandb_loggers(loggers):
+        for attempt in range(attempts):
+            try:
+                lg.experiment  # noqa: B018 - starts the run
+                break
+            except Exception as e:  # noqa: BLE001 - only "in use" is waited out
+                if "in use" not in str(e) or attempt == attempts - 1:
+                    raise
+                lg._experiment = None  # noqa: SLF001
+                time.sleep(wait_s)
+
+
 class WandbRunIdBesideCheckpoint(L.Callback):
     """Writes the W&B run id into the checkpoint directory when training starts (rank 0)."""
 

@@ -104,7 +104,7 @@ def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule,
     import shutil
 
     from oyster_exp.training.callbacks import (
-        AtomicLastCheckpoint, WandbRunIdBesideCheckpoint, point_wandb_at, stored_wandb_id,
+        AtomicLastCheckpoint, WandbRunIdBesideCheckpoint, point_wandb_at, start_resumed_wandb, stored_wandb_id,
     )
 
     ckpt_dir = Path(ckpt_dir)
@@ -113,8 +113,11 @@ def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule,
     if resume == "never" and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     ckpt_path = last_checkpoint(ckpt_dir, resume)
-    if ckpt_path is not None and (run_id := stored_wandb_id(ckpt_dir)) and not point_wandb_at(loggers, run_id):
-        log.warning("a W&B run had already started; the resumed training cannot continue W&B run %s", run_id)
+    if ckpt_path is not None and (run_id := stored_wandb_id(ckpt_dir)):
+        if point_wandb_at(loggers, run_id):
+            start_resumed_wandb(loggers)
+        else:
+            log.warning("a W&B run had already started; the resumed training cannot continue W&B run %s", run_id)
     callbacks = list(callbacks or [])
     if checkpoint_every_n_steps > 0:
         callbacks += [AtomicLastCheckpoint(ckpt_dir, checkpoint_every_n_steps), WandbRunIdBesideCheckpoint(ckpt_dir)]
