@@ -27,9 +27,28 @@ def _losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, (out / "losses.jsonl").read_text().splitlines())]
 
 
+@pytest.fixture
+def inherited_wandb_service():
+    """A wandb-core service owned by another live process, exported as `WANDB_SERVICE` the way wandb
+    exports it to the children of any process that used W&B (a sweep driver, this test runner). It keeps
+    a SIGKILLed client's run id in use forever; the resumed job must still start its run (CI failed on
+    exactly this when an earlier test in the same pytest process had used W&B)."""
+    code = "import os, sys, wandb; wandb.setup(); print(os.environ['WANDB_SERVICE'], flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    try:
+        token = holder.stdout.readline().strip()
+        assert token, "the service holder printed no WANDB_SERVICE token"
+        yield token
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
 @pytest.mark.slow
-def test_sigkill_and_resume_gives_the_uninterrupted_weights(single_process_run: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+def test_sigkill_and_resume_gives_the_uninterrupted_weights(single_process_run: Path, tmp_path: Path,
+                                                            inherited_wandb_service: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SERVICE": inherited_wandb_service}
     out = tmp_path / "killed"
     for kill_at in (5, 7):
         p = subprocess.run([*DRIVER, str(out), "--kill-at-step", str(kill_at), "--wandb"], env=env,

@@ -72,8 +72,13 @@ def point_wandb_at(loggers: list[Any], run_id: str) -> bool:
 def start_resumed_wandb(loggers: list[Any], attempts: int = 60, wait_s: float = 1.0) -> None:
     """Start W&B loggers that continue a killed run, waiting while the run id is still held.
 
-    After a SIGKILL the dead process's wandb-core can hold the run for a few seconds ("run ID ... is in
-    use"); starting the resumed run at once then fails the whole train stage, so wait for it instead.
+    Two things can still hold the killed run's id ("run ID ... is in use"):
+    - a wandb-core service inherited from a parent process (wandb exports `WANDB_SERVICE` to children, so
+      a sweep driver or test runner that used W&B shares its service with every job it starts). That
+      service keeps the dead client's stream open indefinitely, so waiting never helps: leave it and
+      start a private service for this process.
+    - the dead process's own service, for a few seconds until it notices its parent is gone: wait.
+    Failing instead would lose the whole train stage of a job that was only being resumed.
     """
     import time
 
@@ -86,7 +91,28 @@ def start_resumed_wandb(loggers: list[Any], attempts: int = 60, wait_s: float = 
                 if "in use" not in str(e) or attempt == attempts - 1:
                     raise
                 lg._experiment = None  # noqa: SLF001
-                time.sleep(wait_s)
+                if not leave_inherited_wandb_service():
+                    time.sleep(wait_s)
+
+
+def leave_inherited_wandb_service() -> bool:
+    """Disconnect from a wandb-core service this process did not start; True if there was one.
+
+    The next `wandb.init` then starts a service owned by this process. A no-op for a service this
+    process started itself (its token is in the environment too, but nothing else can hold our runs).
+    """
+    import wandb
+    from wandb.sdk import wandb_setup
+
+    token = os.environ.get("WANDB_SERVICE")
+    if token is None:
+        return False
+    own = wandb_setup._singleton  # noqa: SLF001 - wandb has no public "who started the service"
+    if own is not None and own._connection is not None and own._connection.owns_service:  # noqa: SLF001
+        return False
+    os.environ.pop("WANDB_SERVICE", None)
+    wandb.teardown()
+    return True
 
 
 class WandbRunIdBesideCheckpoint(L.Callback):
