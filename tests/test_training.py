@@ -360,8 +360,8 @@ def test_scored_token_path_equals_the_full_logits_path(tiny_model_dir: Path, tok
     assert module._output_head() is module.model.lm_head
     assert set(module.state_dict()) == {f"model.{k}" for k in module.model.state_dict()}  # the cache adds no weights
     ref_loss, ref_metrics, ref_grads = _loss_metrics_grads(module, module.compute_from_logits, batch)
-    for layout in ("unpadded", "padded"):
-        module.forward_layout = layout
+    for layout, share in (("unpadded", True), ("unpadded", False), ("padded", False)):
+        module.forward_layout, module.share_prompt_forward = layout, share
         loss, metrics, grads = _loss_metrics_grads(module, module.compute, batch)
         assert loss == pytest.approx(ref_loss, rel=1e-5), layout
         assert metrics.keys() == ref_metrics.keys()
@@ -369,6 +369,35 @@ def test_scored_token_path_equals_the_full_logits_path(tiny_model_dir: Path, tok
             assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (layout, key)
         for mine, ref in zip(grads, ref_grads):
             assert float((mine - ref).norm()) <= 1e-5 * float(ref.norm()) + 1e-9, layout
+
+
+def test_chosen_and_rejected_run_their_shared_prompt_once(tiny_model_dir: Path, tokenizer: Any) -> None:
+    """Three decoder calls per pair (prompt, chosen rest, rejected rest), each over the tokens it owns:
+    the prompt's tokens go through the decoder once, not twice."""
+    from oyster_exp.training.forward import common_prefix_length
+
+    module = PreferenceModule(str(tiny_model_dir), objective="orpo")
+    batch = _uneven_batch(tokenizer)
+    lengths = [int(m.sum()) for m in (*batch["chosen_attention_mask"], *batch["rejected_attention_mask"])]
+    prefixes = [common_prefix_length(batch["chosen_input_ids"][i, :lengths[i]],
+                                     batch["rejected_input_ids"][i, :lengths[3 + i]]) for i in range(3)]
+    assert all(p >= 8 for p in prefixes), prefixes
+    assert module._output_head() is not None  # its one-off check calls the decoder too
+    seen: list[int] = []
+    hook = module.model.get_decoder().register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    module.forward_layout = "unpadded"
+    for share in (True, False):
+        seen.clear()
+        module.share_prompt_forward = share
+        module.compute(batch)
+        if share:
+            assert len(seen) == 9 and sum(seen) == sum(lengths) - sum(prefixes), (seen, prefixes)
+        else:
+            assert sorted(seen) == sorted(lengths)
+    hook.remove()
+    assert common_prefix_length(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3, 4])) == 3
+    assert common_prefix_length(torch.tensor([5, 2]), torch.tensor([1, 2])) == 0
 
 
 def test_a_head_that_is_not_a_plain_linear_falls_back_to_full_logits(tiny_model_dir: Path, tokenizer: Any) -> None:

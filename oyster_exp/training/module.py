@@ -83,6 +83,10 @@ class PreferenceModule(L.LightningModule):
     """Decoder layout for the scored-token path: `unpadded` (each sequence at its own length, the CPU
     choice), `padded` (one right-padded batch, the accelerator choice) or `auto` (by device)."""
 
+    share_prompt_forward: bool = True
+    """Unpadded layout: run the prompt chosen and rejected share once (see `forward`); False runs each
+    sequence whole, the reference the shared path is tested against."""
+
     def _output_head(self) -> torch.nn.Linear | None:
         """The LM head for the chunked path, checked once per model (None: use full logits)."""
         cached = getattr(self, "_head_cache", None)  # a tuple, so nn.Module does not register the head twice
@@ -112,7 +116,8 @@ class PreferenceModule(L.LightningModule):
             self.model, head, stack_padded([batch["chosen_input_ids"], batch["rejected_input_ids"]], IGNORE_PAD_ID),
             stack_padded([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], 0),
             stack_padded([chosen_scored, batch["rejected_labels"]], IGNORE),
-            stack_padded([batch["chosen_labels"], batch["rejected_labels"]], IGNORE), layout=self.forward_layout)
+            stack_padded([batch["chosen_labels"], batch["rejected_labels"]], IGNORE), layout=self.forward_layout,
+            pair_offset=n if self.share_prompt_forward else None)
         logps = tokens.response_mean()
         return orpo_loss(logps[:n], logps[n:], tokens.nll(n, response_only=False), self.beta)
 
