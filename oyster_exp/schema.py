@@ -340,6 +340,7 @@ class EvalGenerationConfig:
     batch_size: int = field(default=8, metadata=_r(ge=1))
     enable_thinking: bool = False
     think: ThinkMode = ThinkMode.strip
+    answer_after_think: int = field(default=0, metadata=_r(ge=0))  # 0: a reply that only reasoned is a failure
     system_prompt: str | None = None      # None: data.system_prompt
 
 

@@ -160,3 +160,61 @@ def test_unparseable_judge_replies_are_counted_failures_not_dropped() -> None:
 def test_unknown_judge_role_is_a_clear_error() -> None:
     with pytest.raises(KeyError, match="eval.judge.role"):
         EvalJudge(LLMService({SUBJECT_ROLE: RoleBinding(client=None)}), "no_such_role")  # type: ignore[arg-type]
+
+
+# --- a reasoning phase that used the whole budget: closed, then answered (eval.generation.answer_after_think) --
+
+def test_reasoning_that_ran_out_is_closed_and_answered_within_the_extra_budget() -> None:
+    from oyster_exp.llm.loopback import THINK_FOREVER
+
+    convs = [conversation(f"{THINK_FOREVER} weigh the risks"), conversation("plain question")]
+    with serve() as (url, state):
+        svc = LLMService({})
+        off = GenerationSettings(max_new_tokens=16)
+        bind_subject(svc, server_subject(_subject_cfg(url), "served"), off)
+        cut, plain = generate(svc, convs, off)
+        assert cut.failure is not None and "inside <think>" in cut.failure and not cut.think_closed_by_budget
+        assert plain.text == "echo: plain question" and state.requests == 2
+
+        on = GenerationSettings(max_new_tokens=16, answer_after_think=7)
+        forced, plain = generate(svc, convs, on)
+        assert state.requests == 2 + 2 + 1             # both asked again (no cache here), then one forced call
+        body = state.bodies[-1]
+    assert forced.failure is None and forced.think_closed_by_budget and not plain.think_closed_by_budget
+    assert forced.think == f"{THINK_FOREVER} weigh the risks"
+    assert forced.text == f"continued: {THINK_FOREVER} weigh the risks"        # only the answer is judged
+    assert body["max_tokens"] == 7
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["messages"][-1] == {"role": "assistant",
+                                    "content": f"<think>\n{THINK_FOREVER} weigh the risks\n</think>\n\n"}
+    kept = make_answer("<think>\nplan\n</think>\n\nanswer", "", "keep")
+    assert kept.text.startswith("<think>") and kept.text.endswith("answer")
+
+
+def test_local_backend_continues_an_assistant_prefill(tiny_model_dir) -> None:
+    from oyster_exp.llm.base import ChatMessage, ChatRequest
+
+    client = local_subject(tiny_model_dir, "tiny-eval", "float32", batch_size=2)
+    prefill = "<think>\nplan\n</think>\n\n"
+    user = [ChatMessage(role="user", content="hi")]
+    opened = client.tokenizer.decode(client.prompt_ids(ChatRequest(messages=user)))
+    cont = client.tokenizer.decode(client.prompt_ids(ChatRequest(
+        messages=[*user, ChatMessage(role="assistant", content=prefill)])))
+    assert cont == opened + prefill                    # the same turn, left open after the prefill
+    reply = client.chat_batch([ChatRequest(messages=[*user, ChatMessage(role="assistant", content=prefill)],
+                                           max_tokens=3)])[0]
+    assert reply.usage.prompt_tokens == len(client.prompt_ids(ChatRequest(
+        messages=[*user, ChatMessage(role="assistant", content=prefill)])))
+
+
+def test_dashscope_continues_an_assistant_prefill_in_partial_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oyster_exp.llm.base import ChatMessage, ChatRequest
+    from oyster_exp.llm.dashscope import DashScopeClient
+
+    monkeypatch.setenv("OYSTER_EVAL_TEST_DS_KEY", "sk-ds-test-000")
+    client = DashScopeClient("qwq-plus", api_key_env="OYSTER_EVAL_TEST_DS_KEY")
+    kw = client.kwargs(ChatRequest(messages=[ChatMessage(role="user", content="q"),
+                                             ChatMessage(role="assistant", content="<think>\nx\n</think>\n\n")]))
+    assert kw["messages"][-1]["partial"] is True and kw["messages"][0].get("partial") is None
+    plain = client.kwargs(ChatRequest(messages=[ChatMessage(role="user", content="q")]))
+    assert "partial" not in plain["messages"][-1]

@@ -10,6 +10,12 @@ content, or only the closing tag when the chat template opened the block in the 
 server's `reasoning_content`. Judges should normally see the answer a user reads (`think: strip`); the
 reasoning is always kept in the record, and `think: keep` judges both, for studies of leaks in the
 reasoning itself.
+
+A reasoning phase can use the whole token budget (a small budget, or a model trained on long `<think>`
+paths): there is then no answer to judge. With `answer_after_think > 0` such a reply gets a second call
+that continues the same assistant message after a closing `</think>` (an assistant prefill), so the
+model must answer from the reasoning it has, within that many tokens, the way a thinking budget works.
+The record notes it (`meta.think_closed_by_budget`). 0 keeps the reply a counted failure.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from oyster_exp.llm.service import LLMService, RoleBinding
 
 SUBJECT_ROLE = "subject"
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
+THINK_RAN_OUT = "the token budget ran out inside <think>"
 
 
 @dataclass(frozen=True)
@@ -34,12 +41,14 @@ class GenerationSettings:
     batch_size: int = 8
     enable_thinking: bool = False
     think: str = "strip"              # strip | keep
+    answer_after_think: int = 0       # >0: tokens for an answer forced after a reasoning phase that ran out
 
     @classmethod
     def from_cfg(cls, gen: Any) -> GenerationSettings:
         return cls(max_new_tokens=int(gen.max_new_tokens), temperature=float(gen.temperature),
                    top_p=float(gen.top_p), batch_size=int(gen.batch_size), enable_thinking=bool(gen.enable_thinking),
-                   think=str(getattr(gen.think, "value", gen.think)))
+                   think=str(getattr(gen.think, "value", gen.think)),
+                   answer_after_think=int(gen.get("answer_after_think", 0) or 0))
 
 
 @dataclass
@@ -47,6 +56,7 @@ class Answer:
     text: str = ""                    # what the judge sees
     think: str = ""                   # the reasoning phase, split off (kept in the record)
     failure: str | None = None
+    think_closed_by_budget: bool = False  # the answer was forced after the reasoning ran out of budget
 
 
 def split_think(content: str) -> tuple[str, str]:
@@ -72,8 +82,7 @@ def make_answer(content: str, reasoning: str, think_mode: str) -> Answer:
     inline, answer = split_think(content)
     think = "\n".join(x for x in (reasoning.strip(), inline) if x)
     if not answer:
-        why = "the token budget ran out inside <think>" if think else "empty answer"
-        return Answer(text="", think=think, failure=f"subject: {why}")
+        return Answer(text="", think=think, failure=f"subject: {THINK_RAN_OUT if think else 'empty answer'}")
     text = f"<think>\n{think}\n</think>\n\n{answer}" if think_mode == "keep" and think else answer
     return Answer(text=text, think=think)
 
@@ -122,4 +131,35 @@ def generate(service: LLMService, conversations: Sequence[list[ChatMessage]], se
             answers.append(Answer(failure=f"subject: {o.failure}"))
         else:
             answers.append(make_answer(o.text, o.reasoning, settings.think))
+    if settings.answer_after_think > 0:
+        redo = [i for i, a in enumerate(answers) if a.failure == f"subject: {THINK_RAN_OUT}"]
+        if redo:
+            forced = answer_after_reasoning(service, [conversations[i] for i in redo], [answers[i] for i in redo],
+                                            settings)
+            for i, a in zip(redo, forced):
+                answers[i] = a
+    return answers
+
+
+def closed_reasoning(think: str) -> str:
+    """The assistant prefill that ends a reasoning phase: the model continues with its answer."""
+    return f"<think>\n{think.strip()}\n</think>\n\n"
+
+
+def answer_after_reasoning(service: LLMService, conversations: Sequence[list[ChatMessage]], ran_out: list[Answer],
+                           settings: GenerationSettings) -> list[Answer]:
+    """Answers continued after each reply's reasoning, closed by force; still a failure if none comes."""
+    prefills = [closed_reasoning(a.think) for a in ran_out]
+    outs = service.text(SUBJECT_ROLE, [[*c, ChatMessage(role="assistant", content=p)]
+                                       for c, p in zip(conversations, prefills)],
+                        max_tokens=settings.answer_after_think)
+    answers = []
+    for first, o in zip(ran_out, outs):
+        if o.failure:
+            answers.append(Answer(think=first.think, failure=f"subject: {THINK_RAN_OUT}; the forced answer: {o.failure}",
+                                  think_closed_by_budget=True))
+            continue
+        a = make_answer(closed_reasoning(first.think) + o.text, "", settings.think)
+        a.think_closed_by_budget = True
+        answers.append(a)
     return answers

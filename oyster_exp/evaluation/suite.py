@@ -99,6 +99,8 @@ def run_task(task: Task, model: str, service: LLMService, journal: Any, settings
             meta: Meta = {**base, **it.meta, **j.meta}
             if a.think:
                 meta["think"] = a.think
+            if a.think_closed_by_budget:
+                meta["think_closed_by_budget"] = True
             journal.append(EvalRecord(
                 id=record_id(model, task.benchmark, it.item_id), model=model, benchmark=task.benchmark,
                 item_id=it.item_id, prompt=it.prompt, response=a.text, satisfaction=j.satisfaction, risk=j.risk,

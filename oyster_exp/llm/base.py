@@ -5,6 +5,10 @@ Structured output is part of the request (`response_schema`, a JSON schema of a 
 that remote backends can forward it as `response_format` and the local backend can decode into a
 fixed JSON frame. Callers never parse free text themselves: they validate `ChatResponse.content`
 against the pydantic model they asked for.
+
+A conversation that ends with an assistant message asks the backend to continue that message (an
+assistant prefill) rather than open a new turn: the reply is only the continuation. The evaluation uses
+it to close a reasoning phase that ran out of budget and make the model answer (`generation.py`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,11 @@ from pydantic import BaseModel, Field
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
+
+
+def continues_assistant(messages: list[ChatMessage]) -> bool:
+    """Does this conversation end in an assistant message the backend should continue (a prefill)?"""
+    return bool(messages) and messages[-1].role == "assistant"
 
 
 class ChatRequest(BaseModel):

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage
+from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage, continues_assistant
 from oyster_exp.llm.engine import CallEngine, FatalError, RetryableError
 from oyster_exp.llm.schema_prompt import json_text, schema_instruction
 from oyster_exp.secrets import REDACTED, SECRET_VALUE
@@ -69,6 +69,8 @@ class DashScopeClient:
         if req.response_schema is not None:
             last = messages[-1]
             last["content"] = f"{last['content']}\n\n{schema_instruction(req.response_schema)}"
+        if continues_assistant(req.messages):
+            messages[-1]["partial"] = True  # DashScope's partial mode: continue the final assistant message
         kw: dict[str, Any] = {"model": self.model_id, "messages": messages, "temperature": req.temperature,
                               "top_p": req.top_p, "max_tokens": req.max_tokens, "seed": req.seed,
                               "enable_thinking": req.enable_thinking,

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage
+from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage, continues_assistant
 from oyster_exp.llm.json_frame import FieldSpec, field_specs, key_text, render, text_after, value_opener
 
 log = logging.getLogger(__name__)
@@ -314,10 +314,12 @@ class LocalClient:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt_ids(self, req: ChatRequest) -> list[int]:
-        """The chat-templated messages with the assistant turn opened."""
+        """The chat-templated messages with the assistant turn opened, or, when the conversation ends in an
+        assistant message, that message left open for the model to continue."""
         msgs = [m.model_dump() for m in req.messages]
-        text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
-                                                  enable_thinking=req.enable_thinking)
+        prefill = continues_assistant(req.messages)
+        text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=not prefill,
+                                                  continue_final_message=prefill, enable_thinking=req.enable_thinking)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # -- requests --------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ when the client sends `X-DashScope-SSE: enable`), so the real DashScope SDK can 
 
 Replies are deterministic: a JSON schema (in `response_format`, or in the prompt as written by
 `schema_prompt.schema_instruction`) gets a schema-valid object (first enum option, "ok" strings),
-free text gets an echo of the last user message. Faults are drawn from a seeded RNG per request
+free text gets an echo of the last user message (a continuation marker after an assistant prefill). Faults are drawn from a seeded RNG per request
 (429 with Retry-After, 500, a malformed body, a dropped connection, a truncated body, a hang), or
 scripted per request number for tests that need an exact sequence.
 """
@@ -85,9 +85,19 @@ def _object_for(schema: dict[str, Any]) -> str:
     return json.dumps({k: _value(v, defs) for k, v in schema.get("properties", {}).items()})
 
 
+THINK_FOREVER = "think-forever:"
+"""A user message starting with this gets a reply that opens `<think>` and never closes it (a reasoning
+phase that used the whole budget)."""
+
+
 def _echo(messages: list[dict[str, Any]]) -> str:
     users = [m["content"] for m in messages if m.get("role") == "user"]
-    return "echo: " + (users[-1] if users else "")
+    last = users[-1] if users else ""
+    if messages and messages[-1].get("role") == "assistant":   # an assistant prefill: continue it
+        return "continued: " + last
+    if last.startswith(THINK_FOREVER):
+        return "<think>" + last
+    return "echo: " + last
 
 
 def reply_for(body: dict[str, Any]) -> str:

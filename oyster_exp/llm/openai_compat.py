@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage
+from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage, continues_assistant
 from oyster_exp.llm.engine import CallEngine, FatalError, RetryableError
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -75,6 +75,8 @@ class OpenAICompatClient:
                 {"type": "json_schema", "json_schema": {"name": "reply", "schema": req.response_schema,
                                                         "strict": True}}
                 if self.json_schema else {"type": "json_object"})
+        if continues_assistant(req.messages):  # vLLM's and SGLang's names for an assistant prefill
+            body["continue_final_message"], body["add_generation_prompt"] = True, False
         if req.enable_thinking and self.thinking_param == "chat_template_kwargs":
             body["chat_template_kwargs"] = {"enable_thinking": True}
         elif self.thinking_param == "enable_thinking":
