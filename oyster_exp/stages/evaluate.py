@@ -92,6 +92,11 @@ class EvaluateStage(Stage):
         for bench, files in data_files(ctx.cfg).items():
             for f in files:
                 out[f"{bench}:{f.name}"] = "missing" if bench in missing else file_hash(f)
+        if ctx.cfg.eval.capability.enabled:                     # local lm-eval tasks: a changed item re-scores
+            from oyster_exp.evaluation.capability import task_files
+
+            files = task_files(ctx.cfg.eval.capability.include_path)
+            out.update({f"capability:{k}": file_hash(f) for k, f in files.items()})
         return out
 
     # -- subjects --------------------------------------------------------------------------------------
@@ -175,6 +180,10 @@ class EvaluateStage(Stage):
                     tasks.append(suite.over_refusal_task(items, split, judge, bool(orc.string_match), sp))
         except ValueError as e:  # loaders name the file, line and field
             raise StageError(f"eval: {e}") from None
+        inc = ev.capability.include_path if ev.capability.enabled else None
+        if inc and not Path(str(inc)).expanduser().is_dir() and _val(ev.on_missing_data) != "skip":
+            raise StageError(f"eval.capability.include_path: {inc} is not a directory (set it, "
+                             f"eval.capability.include_path=null, or eval.on_missing_data=skip)")
         return tasks
 
     def _capability(self, ctx: RunContext, journal: Journal, model: str, path: str | None) -> None:
@@ -192,7 +201,7 @@ class EvaluateStage(Stage):
         mtype, args = model_args(backend, path, ev.subject.models.get(model) if backend == "openai" else None,
                                  ev.subject.base_url, str(ctx.cfg.model.dtype))
         for score in run_lm_eval(mtype, args, [str(t) for t in pending], int(cap.limit) if cap.limit else None,
-                                 cap.num_fewshot, int(cap.batch_size)):
+                                 cap.num_fewshot, int(cap.batch_size), cap.include_path):
             rid = suite.record_id(model, "capability", score.task)
             if rid not in journal:
                 journal.append(EvalRecord(id=rid, model=model, benchmark="capability", item_id=score.task,
