@@ -19,6 +19,7 @@ USER_TASK = """task: user_colours
 dataset_path: json
 dataset_kwargs:
   data_files: {{test: {data}}}
+  cache_dir: {cache}
 test_split: test
 output_type: multiple_choice
 doc_to_text: "{{{{q}}}}"
@@ -35,9 +36,10 @@ def _user_tasks(root: Path) -> Path:
     data.write_text("".join(json.dumps({"q": f"Colour number {i}?", "gold": i % 3}) + "\n" for i in range(6)))
     tasks = root / "tasks"
     tasks.mkdir()
-    (tasks / "user_colours.yaml").write_text(USER_TASK.format(data=data))
-    (tasks / "user_gone.yaml").write_text(USER_TASK.format(data=root / "gone.jsonl").replace("user_colours",
-                                                                                              "user_gone"))
+    cache = root / "hf_datasets"                                  # keeps the user's datasets cache clean
+    (tasks / "user_colours.yaml").write_text(USER_TASK.format(data=data, cache=cache))
+    (tasks / "user_gone.yaml").write_text(USER_TASK.format(data=root / "gone.jsonl", cache=cache)
+                                          .replace("user_colours", "user_gone"))
     return tasks
 
 
@@ -83,6 +85,19 @@ def test_capability_rows_name_task_metric_and_filter_with_the_stderr_ci() -> Non
     assert math.isnan(get["t:bleu"]["ci_low"])                      # no stderr from lm-eval: no CI
 
 
+def test_a_missing_include_path_is_a_config_error_or_a_counted_skip(compose_cfg, tmp_path: Path) -> None:
+    from oyster_exp.pipeline import StageError
+    from oyster_exp.stages.evaluate import missing_data
+
+    on = ("eval.capability.enabled=true", f"eval.capability.include_path={tmp_path / 'nope'}")
+    with pytest.raises(StageError, match=r"eval.capability.include_path: .*nope is not a directory"):
+        missing_data(compose_cfg(*on, "eval.on_missing_data=error"))
+    assert "nope is not a directory" in missing_data(compose_cfg(*on, "eval.on_missing_data=skip"))["capability"]
+    assert "capability" not in missing_data(compose_cfg(on[0], f"eval.capability.include_path={tmp_path}"))
+    cfg = compose_cfg()                                           # eval=quick: off, the packaged task ready
+    assert cfg.eval.capability.enabled is False and list(cfg.eval.capability.tasks) == ["oyster_household_mcq"]
+
+
 @pytest.mark.slow
 def test_local_tasks_score_on_the_tiny_model_and_failures_keep_their_reason(tiny_model_dir: Path,
                                                                             tmp_path: Path) -> None:
@@ -102,6 +117,7 @@ def test_local_tasks_score_on_the_tiny_model_and_failures_keep_their_reason(tiny
     assert 0 <= acc <= 1 and hh.metrics["acc_stderr,none"] == pytest.approx(math.sqrt(acc * (1 - acc) / 19))
     user = scores["user_colours"]
     assert user.failure is None and user.n == 6 and 0 <= user.metrics["acc,none"] <= 1
+    assert (tmp_path / "hf_datasets").is_dir()                     # the task's dataset_kwargs reached datasets
     assert "gone.jsonl" in str(scores["user_gone"].failure)
     assert "task not found: no_such_task" in str(scores["no_such_task"].failure)
 
@@ -115,3 +131,20 @@ def test_a_missing_include_path_fails_every_task_with_the_config_key(tiny_model_
                          include_path=tmp_path / "nope")
     assert [s.task for s in scores] == ["oyster_household_mcq"]
     assert "eval.capability.include_path" in str(scores[0].failure) and "nope" in str(scores[0].failure)
+
+
+def test_a_server_without_completions_logprobs_is_a_recorded_failure(tiny_model_dir: Path) -> None:
+    """The server subject maps to lm-eval's local-completions, which needs /v1/completions with prompt logprobs;
+    the loopback server speaks only /v1/chat/completions, so the task fails with lm-eval's reason (a known
+    limitation: no test scores a task through a server)."""
+    pytest.importorskip("lm_eval")
+    from oyster_exp.evaluation.capability import run_lm_eval
+    from oyster_exp.llm.loopback import serve
+
+    with serve() as (url, state):
+        mtype, args = model_args("openai", None, "tiny", url)
+        assert (mtype, args) == ("local-completions", f"model=tiny,base_url={url}/completions")
+        args += f",tokenizer={tiny_model_dir},tokenizer_backend=huggingface,max_retries=1"   # no hub tokenizer
+        (score,) = run_lm_eval(mtype, args, ["oyster_household_mcq"], limit=2, num_fewshot=None, batch_size=1)
+    assert score.task == "oyster_household_mcq" and not score.metrics
+    assert "404" in str(score.failure) and "/v1/completions" in str(score.failure)

@@ -67,6 +67,12 @@ def missing_data(cfg: Any) -> dict[str, str]:
         else:
             raise StageError(f"{msg} (set the path, OYSTER_EXP_DATA, eval.{bench}.enabled=false, or "
                              f"eval.on_missing_data=skip)")
+    inc = cfg.eval.capability.include_path if cfg.eval.capability.enabled else None
+    if inc and not Path(str(inc)).expanduser().is_dir():      # a folder of task YAMLs, not a data file
+        if _val(cfg.eval.on_missing_data) != "skip":
+            raise StageError(f"eval.capability.include_path: {inc} is not a directory (set it, "
+                             f"eval.capability.include_path=null, or eval.on_missing_data=skip)")
+        out["capability"] = f"eval.capability.include_path: {inc} is not a directory"
     return out
 
 
@@ -180,18 +186,15 @@ class EvaluateStage(Stage):
                     tasks.append(suite.over_refusal_task(items, split, judge, bool(orc.string_match), sp))
         except ValueError as e:  # loaders name the file, line and field
             raise StageError(f"eval: {e}") from None
-        inc = ev.capability.include_path if ev.capability.enabled else None
-        if inc and not Path(str(inc)).expanduser().is_dir() and _val(ev.on_missing_data) != "skip":
-            raise StageError(f"eval.capability.include_path: {inc} is not a directory (set it, "
-                             f"eval.capability.include_path=null, or eval.on_missing_data=skip)")
         return tasks
 
     def _capability(self, ctx: RunContext, journal: Journal, model: str, path: str | None) -> None:
         from oyster_exp.evaluation.capability import INSTALL_HINT, lm_eval_available, model_args, run_lm_eval
 
         cap, ev = ctx.cfg.eval.capability, ctx.cfg.eval
-        if not lm_eval_available():
-            suite.run_task(suite.Task("capability", "lm_eval", skipped=INSTALL_HINT), model, ctx.service, journal,
+        skip = INSTALL_HINT if not lm_eval_available() else missing_data(ctx.cfg).get("capability")
+        if skip is not None:
+            suite.run_task(suite.Task("capability", "lm_eval", skipped=skip), model, ctx.service, journal,
                            GenerationSettings(), 1)
             return
         pending = [t for t in cap.tasks if suite.record_id(model, "capability", str(t)) not in journal]
