@@ -104,10 +104,16 @@ def test_local_tasks_score_on_the_tiny_model_and_failures_keep_their_reason(tiny
     pytest.importorskip("lm_eval")
     from oyster_exp.evaluation.capability import run_lm_eval
 
+    import torch
+
     mtype, args = model_args("local", str(tiny_model_dir), None, None)
+    torch.manual_seed(7)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(7)
     scores = {s.task: s for s in run_lm_eval(mtype, args, ["oyster_household_mcq", "user_colours", "user_gone",
                                                             "no_such_task"], limit=None, num_fewshot=None,
                                              batch_size=8, include_path=_user_tasks(tmp_path))}
+    assert torch.equal(torch.rand(3), expected_draw)               # lm-eval's reseeding did not leak out
     assert set(scores) == {"oyster_household_mcq", "user_colours", "user_gone", "no_such_task"}
     hh = scores["oyster_household_mcq"]
     assert hh.failure is None and hh.n == len(ITEMS) == 20

@@ -19,6 +19,8 @@ limitation); against it every task fails with lm-eval's reason, recorded per tas
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,24 @@ def _device(model: str) -> str | None:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextmanager
+def _global_rng_kept() -> Iterator[None]:
+    """simple_evaluate reseeds Python's, NumPy's and torch's global RNGs; put them back, so what runs after
+    the capability rows does not depend on whether they ran (or were already journaled on a resume)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+
+
 def _reason(e: BaseException) -> str:
     return f"lm_eval: {type(e).__name__}: {e}"[:500]
 
@@ -139,8 +159,9 @@ def run_lm_eval(model: str, args: str, tasks: list[str], limit: int | None, num_
                                                     "a task YAML that does not parse is left out by lm-eval)"))
             continue
         try:
-            res: Any = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, num_fewshot=num_fewshot,
-                                               task_manager=tm, log_samples=False)
+            with _global_rng_kept():
+                res: Any = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, num_fewshot=num_fewshot,
+                                                   task_manager=tm, log_samples=False)
         except Exception as e:  # noqa: BLE001 - a task failure is recorded, the rest of the suite goes on
             out.append(TaskScore(task=task, failure=_reason(e)))
             continue
