@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from oyster_exp.evaluation.capability import PACKAGED_TASKS, model_args
+from oyster_exp.evaluation.capability import PACKAGED_TASKS, model_args, task_files
 from oyster_exp.evaluation.summary import summarise
 from oyster_exp.records import EvalRecord
 
@@ -94,6 +94,9 @@ def test_a_missing_include_path_is_a_config_error_or_a_counted_skip(compose_cfg,
         missing_data(compose_cfg(*on, "eval.on_missing_data=error"))
     assert "nope is not a directory" in missing_data(compose_cfg(*on, "eval.on_missing_data=skip"))["capability"]
     assert "capability" not in missing_data(compose_cfg(on[0], f"eval.capability.include_path={tmp_path}"))
+    (tmp_path / "mine.yaml").write_text("task: mine\n")           # local task files key the stage's cache
+    assert {"packaged/oyster_household_mcq.yaml", "packaged/household_mcq.jsonl", "include_path/mine.yaml"} <= \
+        set(task_files(tmp_path))
     cfg = compose_cfg()                                           # eval=quick: off, the packaged task ready
     assert cfg.eval.capability.enabled is False and list(cfg.eval.capability.tasks) == ["oyster_household_mcq"]
 

@@ -27,6 +27,7 @@ from typing import Any
 
 INSTALL_HINT = "lm-evaluation-harness is not installed (pip install 'oyster-exp[lm_eval]')"
 PACKAGED_TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
+TASK_FILE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".py")   # what a local task folder's cache key covers
 
 
 @dataclass
@@ -63,10 +64,11 @@ def task_paths(include_path: str | Path | None) -> list[Path]:
 def task_files(include_path: str | Path | None) -> dict[str, Path]:
     """The files of the local task folders (YAMLs, their data and loaders) by a location-free name, for the
     stage's cache key: an edited item re-scores, a moved checkout does not."""
-    roots = {"packaged": PACKAGED_TASKS, "include_path": Path(str(include_path or "")).expanduser()}
-    return {f"{k}/{f.relative_to(r).as_posix()}": f for k, r in roots.items() if (k == "packaged" or include_path)
-            and r.is_dir() for f in sorted(r.rglob("*"))
-            if f.is_file() and f.suffix in (".yaml", ".yml", ".json", ".jsonl", ".py")}
+    roots = {"packaged": PACKAGED_TASKS}
+    if include_path:
+        roots["include_path"] = Path(str(include_path)).expanduser()
+    return {f"{k}/{f.relative_to(r).as_posix()}": f for k, r in roots.items() if r.is_dir()
+            for f in sorted(r.rglob("*")) if f.is_file() and f.suffix in TASK_FILE_SUFFIXES}
 
 
 def task_manager(tasks: list[str], include_path: str | Path | None, metadata: dict[str, Any] | None = None) -> Any:
