@@ -327,6 +327,7 @@ class OverRefusalEvalConfig:
 class CapabilityEvalConfig:
     enabled: bool = False
     tasks: list[str] = field(default_factory=list)
+    include_path: str | None = None       # a folder of lm-eval task YAMLs (besides lm-eval's and the packaged ones)
     limit: int | None = field(default=None, metadata=_r(ge=1))
     num_fewshot: int | None = field(default=None, metadata=_r(ge=0))
     batch_size: int = field(default=8, metadata=_r(ge=1))

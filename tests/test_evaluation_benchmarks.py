@@ -106,11 +106,11 @@ def test_string_match_refusal() -> None:
 # --- lm-eval --------------------------------------------------------------------------------------------
 
 def test_lm_eval_is_optional() -> None:
+    assert model_args("local", "/m", None, None) == ("hf", "pretrained=/m,dtype=float32")
+    assert model_args("openai", None, "qwen", "http://h:8000/v1/")[1] == "model=qwen,base_url=http://h:8000/v1/completions"
     if lm_eval_available():
         pytest.skip("lm_eval is installed here")
     assert "oyster-exp[lm_eval]" in INSTALL_HINT
-    assert model_args("local", "/m", None, None) == ("hf", "pretrained=/m,dtype=float32")
-    assert model_args("openai", None, "qwen", "http://h:8000/v1/")[1] == "model=qwen,base_url=http://h:8000/v1/completions"
 
 
 # --- result rows and tables ---------------------------------------------------------------------------

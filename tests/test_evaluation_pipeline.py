@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from oyster_exp.evaluation.capability import lm_eval_available
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("OYSTER_EXP_DATA") or ROOT.parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not (DATA / "harmbench").is_dir() or not (DATA / "strata_sword").is_dir(),
@@ -31,7 +33,7 @@ def test_harmbench_and_strata_sword_end_to_end_on_the_tiny_model(tmp_path: Path)
     out = tmp_path / "outputs"
     p = _run(out, "eval=full", "eval.strata_sword.languages=[en,cn]", "eval.strata_sword.levels=[1,3]",
              "eval.strata_sword.limit=2", "eval.harmbench.limit=24", "eval.over_refusal.limit=1",
-             "eval.capability.tasks=[arc_easy]", "eval.construction.limit=2")
+             "eval.capability.tasks=[oyster_household_mcq]", "eval.capability.limit=4", "eval.construction.limit=2")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (run,) = sorted((out / "runs").glob("*/*"))
     recs = [json.loads(x) for x in (run / "artifacts" / "evaluate.jsonl").read_text().splitlines()]
@@ -49,8 +51,13 @@ def test_harmbench_and_strata_sword_end_to_end_on_the_tiny_model(tmp_path: Path)
     assert Counter((r["meta"]["language"], r["meta"]["level"]) for r in ss) == {
         ("en", 1): 2, ("en", 3): 2, ("cn", 1): 2, ("cn", 3): 2}
     assert all(r["meta"]["category"] for r in ss if not r["failure"])
-    cap = [r for r in recs if r["benchmark"] == "capability"]
-    assert cap and all("lm-evaluation-harness" in r["meta"].get("skipped", "") or r["failure"] is None for r in cap)
+    cap = {r["model"]: r for r in recs if r["benchmark"] == "capability"}
+    assert set(cap) == {"base", "trained"}
+    if lm_eval_available():                                  # the packaged offline task, scored per model
+        assert all(r["item_id"] == "oyster_household_mcq" and r["failure"] is None and r["meta"]["n"] == 4
+                   for r in cap.values())
+    else:
+        assert all("lm-evaluation-harness" in r["meta"]["skipped"] for r in cap.values())
 
     rows = json.loads((run / "eval" / "results.json").read_text())
     assert {"benchmark", "split", "model", "metric", "value", "n", "ci_low", "ci_high"} <= set(rows[0])
@@ -62,6 +69,9 @@ def test_harmbench_and_strata_sword_end_to_end_on_the_tiny_model(tmp_path: Path)
         if c[0]:
             assert 0 <= get[("harmbench", model, "asr")]["value"] <= 100
     assert any(k[2].startswith("asr[semantic=") for k in get)
+    if lm_eval_available():
+        acc = get[("capability", "trained", "oyster_household_mcq:acc")]
+        assert acc["n"] == 4 and 0 <= acc["value"] <= 1 and acc["ci_low"] <= acc["value"] <= acc["ci_high"]
     md = (run / "eval" / "results.md").read_text()
     assert "| base | trained |" in md and "76.31" in md and "| harmbench | val | base |" in md
     assert (run / "report.md").read_text().count("## Items judged, failed and skipped") == 1

@@ -2,16 +2,32 @@
 
 The paper reports General rows (Knowledge, Understanding, Math&Code) without naming their benchmarks, so
 the task list is configuration. lm-eval is a large optional dependency: without it the suite records a
-clean skip (with the install command), never an import error in the middle of a run. Task data must
-already be in the local HF datasets cache (runs are offline).
+clean skip (with the install command), never an import error in the middle of a run.
+
+Runs are offline, so lm-eval's own tasks work only when their datasets are already in the local HF
+datasets cache. Local tasks need no hub: `eval.capability.include_path` names a folder of task YAMLs
+(for example `dataset_path: json` with absolute `dataset_kwargs.data_files`), and the project's own
+tasks (`lm_eval_tasks/`, e.g. `oyster_household_mcq`) are always on the task path.
+
+Subjects: `hf` loads the model in-process (the local backend). The server backend maps to lm-eval's
+`local-completions`, which scores multiple-choice tasks by log-likelihood: it needs a server with
+`/v1/completions` returning prompt logprobs (`echo` + `logprobs`, as vLLM does) and a tokenizer (the
+server's `/tokenize` or an HF tokenizer it can load offline). The project's loopback test server speaks
+only `/v1/chat/completions` without logprobs, so that path is not exercised by the tests (a known
+limitation); against it every task fails with lm-eval's reason, recorded per task.
 """
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 INSTALL_HINT = "lm-evaluation-harness is not installed (pip install 'oyster-exp[lm_eval]')"
+PACKAGED_TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
+TASK_FILE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".py")   # what a local task folder's cache key covers
 
 
 @dataclass
@@ -34,21 +50,123 @@ def model_args(backend: str, path: str | None, served_model: str | None, base_ur
     return "hf", f"pretrained={path},dtype={dtype}"
 
 
-def run_lm_eval(model: str, args: str, tasks: list[str], limit: int | None, num_fewshot: int | None,
-                batch_size: int) -> list[TaskScore]:
-    """One score per task; a task that fails (e.g. its data is not cached) is a failure with the reason."""
-    import lm_eval  # type: ignore[import-not-found]
+def task_paths(include_path: str | Path | None) -> list[Path]:
+    """Folders of task YAMLs besides lm-eval's own: the packaged ones, then the user's (which win on a clash)."""
+    paths = [PACKAGED_TASKS]
+    if include_path:
+        p = Path(str(include_path)).expanduser()
+        if not p.is_dir():
+            raise FileNotFoundError(f"eval.capability.include_path: {p} is not a directory")
+        paths.append(p)
+    return paths
 
+
+def task_files(include_path: str | Path | None) -> dict[str, Path]:
+    """The files of the local task folders (YAMLs, their data and loaders) by a location-free name, for the
+    stage's cache key: an edited item re-scores, a moved checkout does not."""
+    roots = {"packaged": PACKAGED_TASKS}
+    if include_path:
+        roots["include_path"] = Path(str(include_path)).expanduser()
+    return {f"{k}/{f.relative_to(r).as_posix()}": f for k, r in roots.items() if r.is_dir()
+            for f in sorted(r.rglob("*")) if f.is_file() and f.suffix in TASK_FILE_SUFFIXES}
+
+
+def task_manager(tasks: list[str], include_path: str | Path | None, metadata: dict[str, Any] | None = None) -> Any:
+    """An lm-eval TaskManager that knows `tasks`.
+
+    Indexing lm-eval's ~15k built-in task YAMLs takes seconds, so the local folders are tried alone
+    first and the built-ins are indexed only when a requested task is not local.
+    """
+    from lm_eval.tasks import TaskManager  # type: ignore[import-not-found]
+
+    paths = [str(p) for p in task_paths(include_path)]
+    tm = TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
+    if all(t in tm.all_tasks for t in tasks):
+        return tm
+    return TaskManager(include_path=paths, include_defaults=True, metadata=metadata)
+
+
+def _scores(res: dict[str, Any]) -> list[TaskScore]:
+    """One TaskScore per result entry (a task, or a group with its aggregate).
+
+    Only lm-eval's `metric,filter` keys are kept (`alias` and `sample_len` are not metrics).
+    """
+    n_samples = res.get("n-samples") or {}
+    subtasks = res.get("group_subtasks") or {}
+
+    def n_of(name: str) -> int:
+        if name in n_samples:
+            return int(n_samples[name].get("effective", 0))
+        return sum(n_of(s) for s in subtasks.get(name, []))
+
+    out = []
+    for name, metrics in (res.get("results") or {}).items():
+        nums = {k: float(v) for k, v in metrics.items()
+                if "," in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out.append(TaskScore(task=name, metrics=nums, n=n_of(name)))
+    return out
+
+
+def _device(model: str) -> str | None:
+    """lm-eval's `hf` model defaults to "cuda" and fails without it; server models take no device."""
+    if model != "hf":
+        return None
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def _global_rng_kept() -> Iterator[None]:
+    """simple_evaluate reseeds Python's, NumPy's and torch's global RNGs; put them back, so what runs after
+    the capability rows does not depend on whether they ran (or were already journaled on a resume)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+
+
+def _reason(e: BaseException) -> str:
+    return f"lm_eval: {type(e).__name__}: {e}"[:500]
+
+
+def run_lm_eval(model: str, args: str, tasks: list[str], limit: int | None, num_fewshot: int | None,
+                batch_size: int, include_path: str | Path | None = None) -> list[TaskScore]:
+    """One score per task; a task that fails (unknown name, data not cached) is a failure with the reason.
+
+    The model loads once for all tasks; a model that cannot load fails every task with that reason.
+    """
+    import lm_eval  # type: ignore[import-not-found]
+    from lm_eval.api.registry import get_model  # type: ignore[import-not-found]
+    from lm_eval.utils import simple_parse_args_string  # type: ignore[import-not-found]
+
+    try:
+        tm = task_manager(tasks, include_path, metadata=simple_parse_args_string(args))
+        lm = get_model(model).create_from_arg_string(args, {"batch_size": batch_size, "device": _device(model)})
+    except Exception as e:  # noqa: BLE001 - recorded per task; the other benchmarks' records stay
+        return [TaskScore(task=t, failure=_reason(e)) for t in tasks]
     out: list[TaskScore] = []
+    where = ", ".join(str(p) for p in task_paths(include_path))
     for task in tasks:
-        try:
-            res: Any = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[task], limit=limit,
-                                               num_fewshot=num_fewshot, batch_size=batch_size)
-        except Exception as e:  # noqa: BLE001 - a task failure is recorded, the rest of the suite goes on
-            out.append(TaskScore(task=task, failure=f"lm_eval: {type(e).__name__}: {e}"[:500]))
+        if task not in tm.all_tasks:
+            out.append(TaskScore(task=task, failure=f"lm_eval: task not found: {task} (lm-eval's tasks and {where}; "
+                                                    "a task YAML that does not parse is left out by lm-eval)"))
             continue
-        for name, metrics in (res.get("results") or {}).items():
-            nums = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            n = int((res.get("n-samples") or {}).get(name, {}).get("effective", 0))
-            out.append(TaskScore(task=name, metrics=nums, n=n))
+        try:
+            with _global_rng_kept():
+                res: Any = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, num_fewshot=num_fewshot,
+                                                   task_manager=tm, log_samples=False)
+        except Exception as e:  # noqa: BLE001 - a task failure is recorded, the rest of the suite goes on
+            out.append(TaskScore(task=task, failure=_reason(e)))
+            continue
+        scores = _scores(res or {})
+        out += scores or [TaskScore(task=task, failure="lm_eval: no results")]
     return out

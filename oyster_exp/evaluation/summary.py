@@ -141,15 +141,23 @@ def _over_refusal(split: str, model: str, recs: list[EvalRecord], resamples: int
 
 
 def _capability(split: str, model: str, recs: list[EvalRecord]) -> list[dict[str, Any]]:
+    """One row per lm-eval task and metric, on lm-eval's scale (acc is a fraction, not a percentage).
+
+    lm-eval keys are `metric,filter`: the row's metric is `task:metric`, with `[filter]` appended unless
+    the filter is lm-eval's default `none`. The CI is the normal interval from lm-eval's stderr (NaN where
+    lm-eval gives none).
+    """
     rows = []
     for r in judged(recs):
         n = int(r.meta.get("n", 0))
         for k, v in sorted(r.meta.items()):
-            if k in ("split", "n") or "stderr" in k or not isinstance(v, (int, float)):
+            name, _, filt = k.partition(",")
+            if not filt or name.endswith("_stderr") or not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
-            se = r.meta.get(k.replace(",", "_stderr,", 1))
-            ci = (v - 1.96 * se, v + 1.96 * se) if isinstance(se, (int, float)) else NAN
-            rows.append(_row("capability", split, model, f"{r.item_id}:{k}", float(v), n, ci))
+            se = r.meta.get(f"{name}_stderr,{filt}")
+            ci = (v - 1.96 * se, v + 1.96 * se) if isinstance(se, (int, float)) and math.isfinite(se) else NAN
+            metric = f"{r.item_id}:{name}" + ("" if filt == "none" else f"[{filt}]")
+            rows.append(_row("capability", split, model, metric, float(v), n, ci))
     return rows
 
 

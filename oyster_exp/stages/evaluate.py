@@ -67,6 +67,12 @@ def missing_data(cfg: Any) -> dict[str, str]:
         else:
             raise StageError(f"{msg} (set the path, OYSTER_EXP_DATA, eval.{bench}.enabled=false, or "
                              f"eval.on_missing_data=skip)")
+    inc = cfg.eval.capability.include_path if cfg.eval.capability.enabled else None
+    if inc and not Path(str(inc)).expanduser().is_dir():      # a folder of task YAMLs, not a data file
+        if _val(cfg.eval.on_missing_data) != "skip":
+            raise StageError(f"eval.capability.include_path: {inc} is not a directory (set it, "
+                             f"eval.capability.include_path=null, or eval.on_missing_data=skip)")
+        out["capability"] = f"eval.capability.include_path: {inc} is not a directory"
     return out
 
 
@@ -92,6 +98,11 @@ class EvaluateStage(Stage):
         for bench, files in data_files(ctx.cfg).items():
             for f in files:
                 out[f"{bench}:{f.name}"] = "missing" if bench in missing else file_hash(f)
+        if ctx.cfg.eval.capability.enabled:                     # local lm-eval tasks: a changed item re-scores
+            from oyster_exp.evaluation.capability import task_files
+
+            files = task_files(ctx.cfg.eval.capability.include_path)
+            out.update({f"capability:{k}": file_hash(f) for k, f in files.items()})
         return out
 
     # -- subjects --------------------------------------------------------------------------------------
@@ -181,8 +192,9 @@ class EvaluateStage(Stage):
         from oyster_exp.evaluation.capability import INSTALL_HINT, lm_eval_available, model_args, run_lm_eval
 
         cap, ev = ctx.cfg.eval.capability, ctx.cfg.eval
-        if not lm_eval_available():
-            suite.run_task(suite.Task("capability", "lm_eval", skipped=INSTALL_HINT), model, ctx.service, journal,
+        skip = INSTALL_HINT if not lm_eval_available() else missing_data(ctx.cfg).get("capability")
+        if skip is not None:
+            suite.run_task(suite.Task("capability", "lm_eval", skipped=skip), model, ctx.service, journal,
                            GenerationSettings(), 1)
             return
         pending = [t for t in cap.tasks if suite.record_id(model, "capability", str(t)) not in journal]
@@ -192,7 +204,7 @@ class EvaluateStage(Stage):
         mtype, args = model_args(backend, path, ev.subject.models.get(model) if backend == "openai" else None,
                                  ev.subject.base_url, str(ctx.cfg.model.dtype))
         for score in run_lm_eval(mtype, args, [str(t) for t in pending], int(cap.limit) if cap.limit else None,
-                                 cap.num_fewshot, int(cap.batch_size)):
+                                 cap.num_fewshot, int(cap.batch_size), cap.include_path):
             rid = suite.record_id(model, "capability", score.task)
             if rid not in journal:
                 journal.append(EvalRecord(id=rid, model=model, benchmark="capability", item_id=score.task,
