@@ -29,6 +29,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from oyster_exp.schema import lingo_schedule
+
 GIB = 1024**3
 GPU_GIB = 80          # the memory of the GPUs the paper configs target (A100/H100 80G)
 CHARS_PER_TOKEN = 3.5
@@ -112,7 +114,7 @@ def estimate_llm(cfg: DictConfig, n_train: int, n_heldout: int, n_strata: int, q
     resp = out_tokens("actor") * CHARS_PER_TOKEN
     chain = out_tokens("editor") * CHARS_PER_TOKEN
     k = int(cfg.stackelberg.candidates) if cfg.stackelberg.enabled else 1
-    epochs = len(cfg.lingo_bp.iterations)
+    epochs = len(lingo_schedule(cfg.lingo_bp))
     # (stage, role, calls per item, prompt chars per call)
     per_query = [
         ("generate", "actor", 2 * k, q + _template_chars("actor_think") / 2),
@@ -262,7 +264,7 @@ def estimate(cfg: DictConfig) -> dict[str, Any]:
     n_train, n_heldout, qchars = _dataset(cfg)
     llm = estimate_llm(cfg, n_train, n_heldout, _strata_count(cfg), qchars)
     return {"experiment": cfg.get("experiment"), "model": str(cfg.model.model_id), "weights": _weights_status(cfg),
-            "data_engine_llm": str(cfg.llm.name), "lingo_bp": [str(getattr(m, "value", m)) for m in cfg.lingo_bp.iterations],
+            "data_engine_llm": str(cfg.llm.name), "lingo_bp": lingo_schedule(cfg.lingo_bp),
             "train_queries": n_train, "heldout_queries": n_heldout, "built": built,
             "memory_per_gpu": {**asdict(mem), "fits_80gib": mem.total_gib <= GPU_GIB}, "llm": llm}
 

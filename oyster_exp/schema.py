@@ -205,6 +205,7 @@ class EarlyStopConfig:
 class LingoBPConfig:
     name: str = MISSING
     iterations: list[LingoMode] = field(default_factory=lambda: [LingoMode.both] * 3)
+    max_epochs: int | None = field(default=None, metadata=_r(ge=0))  # run only the first N entries (debug=fast: 1)
     max_strategy_changes: int = field(default=2, metadata=_r(ge=0))
     similarity: SimilarityName = SimilarityName.simhash
     replace_threshold: float | None = field(default=None, metadata=_r(ge=0.0, le=1.0))
@@ -572,3 +573,14 @@ def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
         for key in cfg:
             if key not in ("logger",):  # logger nodes use ${hydra:...}, resolved inside the job
                 OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+
+
+def lingo_schedule(lb: Any) -> list[str]:
+    """The Lingo-BP epochs that run: `iterations`, cut to `max_epochs` when set.
+
+    A cap rather than a replaced list, so that smoke runs of a schedule ablation (debug=fast) still
+    differ per arm: off stays [], user_only becomes [user], developer_only [developer].
+    """
+    modes = [str(getattr(m, "value", m)) for m in lb.iterations]
+    cap = lb.get("max_epochs") if hasattr(lb, "get") else getattr(lb, "max_epochs", None)
+    return modes if cap is None else modes[: int(cap)]

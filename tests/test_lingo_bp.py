@@ -72,6 +72,14 @@ def test_config_maps_to_loop_settings(compose_cfg) -> None:
         assert settings_from(compose_cfg(f"lingo_bp={option}")).iterations == modes
 
 
+def test_debug_fast_caps_each_schedule_instead_of_replacing_it(compose_cfg) -> None:
+    """Smoke runs of the Lingo-BP ablation (debug=fast) must keep its arms distinct."""
+    for option, modes in [("off", []), ("paper", ["both"]), ("user_only", ["user"]),
+                          ("developer_only", ["developer"]), ("safety_then_satisfaction", ["developer"])]:
+        assert settings_from(compose_cfg(f"lingo_bp={option}", "debug=fast")).iterations == modes, option
+    assert settings_from(compose_cfg("lingo_bp=paper", "lingo_bp.max_epochs=2")).iterations == ["both", "both"]
+
+
 @pytest.mark.parametrize("override, key", [
     ("lingo_bp.unfrozen.user=[user_needs,usefulness]", "lingo_bp.unfrozen.user"),
     ("lingo_bp.early_stop.both.safety=1.5", "lingo_bp.early_stop.both.safety"),

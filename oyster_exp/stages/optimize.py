@@ -18,6 +18,7 @@ from oyster_exp.csa.strategies import similarity_from
 from oyster_exp.csa.taxonomy_access import taxonomy_for
 from oyster_exp.pipeline import RunContext, Stage
 from oyster_exp.records import OptimizeRecord
+from oyster_exp.schema import lingo_schedule
 
 DEFAULT_THRESHOLDS = {"exact": 1.0, "jaccard": 0.3, "simhash": 0.75, "embedding": 0.7}
 MODES = ("user", "developer", "both")
@@ -43,7 +44,7 @@ def settings_from(cfg: Any, actor_max_tokens: int | None = None) -> LoopSettings
     early = {m: PearlPoint(satisfaction=es[m].satisfaction, safety=es[m].safety) for m in MODES} if es.enabled else None
     if actor_max_tokens is None:
         actor_max_tokens = int(cfg.llm.roles.actor.max_tokens)
-    return LoopSettings(iterations=[_value(m) for m in lb.iterations], edit=edit,
+    return LoopSettings(iterations=lingo_schedule(lb), edit=edit,
                         w_satisfaction=float(lb.satisfaction_weight), w_safety=float(lb.safety_weight),
                         regression_guard=bool(lb.regression_guard), later_wins_ties=bool(lb.later_wins_ties),
                         early_stop=early,

@@ -12,6 +12,7 @@ from oyster_exp.evaluation.summary import summarise
 from oyster_exp.evaluation.tables import counts_table, reference_table, side_by_side
 from oyster_exp.pipeline import RunContext, Stage
 from oyster_exp.records import ReportRecord
+from oyster_exp.schema import lingo_schedule
 
 
 def pipeline_table(ctx: RunContext) -> str:
@@ -73,7 +74,7 @@ class ReportStage(Stage):
             f"# oyster-exp report: {ctx.cfg.run_name}",
             "",
             f"Base model `{ctx.cfg.model.model_id}`, objective `{getattr(obj, 'value', obj)}`,"
-            f" Lingo-BP schedule `{[str(getattr(m, 'value', m)) for m in ctx.cfg.lingo_bp.iterations]}`,"
+            f" Lingo-BP schedule `{lingo_schedule(ctx.cfg.lingo_bp)}`,"
             f" eval suite `{ev.name}`, seed {ctx.cfg.seed}.",
             "",
             *tables,
