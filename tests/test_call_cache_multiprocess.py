@@ -24,6 +24,8 @@ def _worker(path: str, who: int, cache: CallCache | None, start: object, out: mp
         rng.shuffle(order)
         seen: dict[str, str] = {}
         for n, key in enumerate(order):
+            if n == len(order) // 2:  # everyone is half-way before anyone goes on: the writers really interleave
+                start.wait(timeout=600)  # type: ignore[attr-defined]
             stored = cache.put(key, ChatResponse(content=f"{key} from {who}", usage=Usage(prompt_tokens=who)))
             seen[key] = stored.content
             probe = order[rng.randrange(n + 1)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -75,6 +76,10 @@ class LLMClient(Protocol):
         Backends that can batch (local) generate them together; remote ones run them concurrently.
         """
         ...
+
+
+OnReply = Callable[[int, ChatResponse], None]
+"""Called with (index, reply) as each request of a remote batch succeeds (`LLMService` caches it at once)."""
 
 
 class LLMError(RuntimeError):

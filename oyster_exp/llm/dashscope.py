@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage, continues_assistant
+from oyster_exp.llm.base import ChatRequest, ChatResponse, OnReply, Usage, continues_assistant
 from oyster_exp.llm.engine import CallEngine, FatalError, RetryableError
 from oyster_exp.llm.schema_prompt import json_text, schema_instruction
 from oyster_exp.secrets import REDACTED, SECRET_VALUE
@@ -151,7 +151,8 @@ class DashScopeClient:
         return AsyncClient(api_key=self._key, base_url=self.base_url, workspace=self.workspace, protocol="native",
                            timeout=self.engine.timeout_s, max_retries=0, http_client=http), http
 
-    async def achat_batch(self, requests: list[ChatRequest]) -> list[ChatResponse | str]:
+    async def achat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None
+                          ) -> list[ChatResponse | str]:
         client, http = self._client()
         try:
             calls = [lambda r=r: self._call(client, r) for r in requests]
@@ -160,11 +161,11 @@ class DashScopeClient:
                 r = requests[i]
                 return sum(len(m.content) for m in r.messages) // 3 + r.max_tokens
 
-            return await self.engine.run(calls, estimate_tokens=estimate)
+            return await self.engine.run(calls, estimate_tokens=estimate, on_reply=on_reply)
         finally:
             await client.aclose()
             await http.aclose()
 
-    def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResponse | str]:
-        return asyncio.run(self.achat_batch(requests))
+    def chat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None) -> list[ChatResponse | str]:
+        return asyncio.run(self.achat_batch(requests, on_reply))
 

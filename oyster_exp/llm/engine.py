@@ -84,7 +84,10 @@ class CallEngine:
         return rng.uniform(base / 2, base)  # "equal jitter": spread retries, keep a floor
 
     async def run(self, calls: list[Callable[[], Awaitable[ChatResponse]]],
-                  estimate_tokens: Callable[[int], int] | None = None) -> list[ChatResponse | str]:
+                  estimate_tokens: Callable[[int], int] | None = None,
+                  on_reply: Callable[[int, ChatResponse], None] | None = None) -> list[ChatResponse | str]:
+        """Every call's reply (or its failure reason), in order. `on_reply(i, reply)` runs as soon as call i
+        succeeds, so a caller can keep each paid reply even if the batch never finishes (a killed job)."""
         sem = asyncio.Semaphore(self.concurrency)
         rpm, tpm = TokenBucket(self.requests_per_minute), TokenBucket(self.tokens_per_minute)
         rng = random.Random(self.seed)
@@ -113,6 +116,8 @@ class CallEngine:
                             await asyncio.sleep(self._delay(attempt, getattr(e, "retry_after", None), rng))
                         continue
                     results[i] = resp
+                    if on_reply is not None:
+                        on_reply(i, resp)
                     self.stats.prompt_tokens += resp.usage.prompt_tokens
                     self.stats.completion_tokens += resp.usage.completion_tokens
                     break

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage, continues_assistant
+from oyster_exp.llm.base import ChatRequest, ChatResponse, OnReply, Usage, continues_assistant
 from oyster_exp.llm.engine import CallEngine, FatalError, RetryableError
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -100,11 +100,12 @@ class OpenAICompatClient:
             raise RetryableError("malformed response body (not JSON)") from None
         return parse_completion(data)
 
-    async def achat_batch(self, requests: list[ChatRequest]) -> list[ChatResponse | str]:
+    async def achat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None
+                          ) -> list[ChatResponse | str]:
         limits = httpx.Limits(max_connections=self.engine.concurrency, max_keepalive_connections=self.engine.concurrency)
         async with httpx.AsyncClient(timeout=self.engine.timeout_s, limits=limits) as client:
             calls = [lambda r=r: self._post(client, r) for r in requests]
-            return await self.engine.run(calls)
+            return await self.engine.run(calls, on_reply=on_reply)
 
-    def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResponse | str]:
-        return asyncio.run(self.achat_batch(requests))
+    def chat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None) -> list[ChatResponse | str]:
+        return asyncio.run(self.achat_batch(requests, on_reply))

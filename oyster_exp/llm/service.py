@@ -60,6 +60,16 @@ class Usage:
         return {"total": self.totals(), "by_stage_role": {k: dict(v) for k, v in sorted(self.by_stage_role.items())}}
 
 
+def _takes_on_reply(client: Any) -> bool:
+    """Remote backends report each reply as it lands (`base.OnReply`); the local one answers whole batches."""
+    import inspect
+
+    try:
+        return "on_reply" in inspect.signature(client.chat_batch).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class LLMService:
     def __init__(self, roles: dict[str, RoleBinding], cache: CallCache | None = None, max_retries: int = 2,
                  seed: int = 0):
@@ -102,8 +112,14 @@ class LLMService:
         if misses:
             engine = getattr(client, "engine", None)  # remote backends: count the engine's transport retries
             retries_before = engine.stats.retries if engine is not None else 0
+            batch = [requests[i] for i in misses]
             try:
-                replies: list[ChatResponse | str] = list(client.chat_batch([requests[i] for i in misses]))
+                if self.cache is not None and _takes_on_reply(client):
+                    def keep(j: int, reply: ChatResponse) -> None:  # paid for: stored even if the batch dies
+                        self.cache.put(keys[misses[j]], reply)
+                    replies: list[ChatResponse | str] = list(client.chat_batch(batch, on_reply=keep))
+                else:
+                    replies = list(client.chat_batch(batch))
             except Exception as e:  # noqa: BLE001 - a backend failure is recorded, not raised
                 log.warning("%s/%s: backend error: %s", self.stage, role, e)
                 replies = [f"backend error: {type(e).__name__}: {e}"] * len(misses)
