@@ -101,7 +101,9 @@ def test_server_subject_sends_decoding_settings_and_splits_reasoning(monkeypatch
         answers = generate(svc, [conversation("What is tea?", "sys"), conversation("Why rain?")], settings)
     assert [a.text for a in answers] == ["echo: What is tea?", "echo: Why rain?"]
     assert all(a.think == "thinking..." for a in answers)            # reasoning_content kept, not judged
-    body = state.bodies[0]
+    # the two requests run concurrently: find the one with the system prompt by content, not arrival order
+    (body,) = [b for b in state.bodies if b["messages"][-1]["content"] == "What is tea?"]
+    assert len(state.bodies) == 2
     assert body["model"] == "served-base" and body["max_tokens"] == 33
     assert body["temperature"] == 0.6 and body["top_p"] == 0.95
     assert body["chat_template_kwargs"] == {"enable_thinking": True}
