@@ -154,12 +154,12 @@ def answer_after_reasoning(service: LLMService, conversations: Sequence[list[Cha
                                        for c, p in zip(conversations, prefills)],
                         max_tokens=settings.answer_after_think)
     answers = []
-    for first, o in zip(ran_out, outs):
+    for first, prefill, o in zip(ran_out, prefills, outs):
         if o.failure:
             answers.append(Answer(think=first.think, failure=f"subject: {THINK_RAN_OUT}; the forced answer: {o.failure}",
                                   think_closed_by_budget=True))
             continue
-        a = make_answer(closed_reasoning(first.think) + o.text, "", settings.think)
+        a = make_answer(prefill + o.text, "", settings.think)
         a.think_closed_by_budget = True
         answers.append(a)
     return answers
