@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TRL_EXPERIMENTAL_SILENCE := 1
 
-.PHONY: run test test-all setup model clean-outputs
+.PHONY: run test test-all test-fast lint setup model clean-outputs
 
 # lm_eval: ~20 s more on a cold cache, pure-Python only, so the tests cover the capability path
 .venv/.installed: pyproject.toml
@@ -28,6 +28,10 @@ run: model            ## the main job: every stage on the embedded default (pass
 
 test: model           ## the default test suite (slow tests included; about 12 min on 2 cores)
 	WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup           ## ruff (pyproject [tool.ruff]) and the import layers (pyproject [tool.importlinter])
+	.venv/bin/ruff check oyster_exp tests benchmarks setup.py
+	.venv/bin/lint-imports --no-cache
 
 test-fast: setup      ## unit tests only
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

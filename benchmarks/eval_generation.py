@@ -25,7 +25,13 @@ import time
 def side(mode: str, n: int, max_new: int, threads: int) -> dict:
     import torch
 
-    from oyster_exp.evaluation.generation import GenerationSettings, bind_subject, conversation, generate, local_subject
+    from oyster_exp.evaluation.generation import (
+        GenerationSettings,
+        bind_subject,
+        conversation,
+        generate,
+        local_subject,
+    )
     from oyster_exp.evaluation.over_refusal import load_xstest_csv, probe_set_path
     from oyster_exp.llm.service import LLMService
     from oyster_exp.models.embedded import ensure_embedded_model

@@ -114,7 +114,7 @@ def main() -> None:
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
-    server = subprocess.Popen([sys.executable, "-m", "oyster_exp.llm.loopback", "--latency", str(a.latency)],
+    server = subprocess.Popen([sys.executable, "-m", "oyster_exp.testing.loopback", "--latency", str(a.latency)],
                               stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().strip()  # type: ignore[union-attr]

@@ -33,12 +33,12 @@ class Outcome(BaseModel):
 
 
 def main() -> int:
-    from oyster_exp.artifacts import Journal, read_records
     from oyster_exp.llm.base import ChatMessage
     from oyster_exp.llm.engine import CallEngine
-    from oyster_exp.llm.loopback import Faults, serve
     from oyster_exp.llm.openai_compat import OpenAICompatClient
     from oyster_exp.llm.service import LLMService, RoleBinding
+    from oyster_exp.pipeline.artifacts import Journal, read_records
+    from oyster_exp.testing.loopback import Faults, serve
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)

@@ -26,7 +26,7 @@ def prompts(n: int) -> list[str]:
 def side(mode: str, n: int, max_new: int, structured: int) -> dict:
     from pydantic import BaseModel
 
-    from oyster_exp.csa.schemas import SafetyJudgementReply, UserJudgementReply
+    from oyster_exp.csa.replies import SafetyJudgementReply, UserJudgementReply
     from oyster_exp.llm.base import ChatMessage, ChatRequest, ChatResponse
     from oyster_exp.llm.local import LocalClient
     from oyster_exp.models.embedded import ensure_embedded_model
@@ -55,7 +55,7 @@ def side(mode: str, n: int, max_new: int, structured: int) -> dict:
             try:
                 schema.model_validate_json(reply.content if isinstance(reply, ChatResponse) else "")
                 valid += 1
-            except Exception:  # noqa: BLE001 - counted, not raised
+            except Exception:
                 pass
         res.update(structured_calls=structured, structured_valid=valid,
                    structured_seconds=time.perf_counter() - t1)

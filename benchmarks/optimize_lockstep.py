@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _inputs(n: int) -> list:
     from oyster_exp.csa.chain import SafetyChain
     from oyster_exp.csa.optimize import QueryInput
-    from oyster_exp.csa.seed import load_seed_queries
+    from oyster_exp.data.seed import load_seed_queries
 
     rows = [r for r in load_seed_queries() if r["language"] == "en"][:n]
     return [QueryInput(id=r["id"], query=r["query"], lang="en", think="",
@@ -43,11 +43,11 @@ def side(mode: str, n: int, lingo_bp: str, backend: str, latency: float) -> dict
 
     from hydra import compose, initialize_config_dir
 
-    import oyster_exp.cli  # noqa: F401 - registers the schema
+    import oyster_exp.run.cli  # noqa: F401 - registers the schema
     from oyster_exp.csa.optimize import optimize_batch
     from oyster_exp.llm.build import build_service
-    from oyster_exp.llm.loopback import serve
     from oyster_exp.stages.optimize import settings_from
+    from oyster_exp.testing.loopback import serve
 
     stack = ExitStack()
     overrides = [f"lingo_bp={lingo_bp}", "llm.call_cache=false"]

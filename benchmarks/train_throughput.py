@@ -113,7 +113,8 @@ def _our_data(model_dir: str, n_pairs: int, max_length: int, tokenizer: Any = No
     """Our datamodule on the benchmark pairs, and the pairs in the order its sampler draws them."""
     from transformers import AutoTokenizer
 
-    from oyster_exp.training.data import PreferenceDataModule, PreferenceExample
+    from oyster_exp.training.data import PreferenceDataModule
+    from oyster_exp.training.tokenize import PreferenceExample
 
     pairs = make_pairs(n_pairs)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
@@ -300,7 +301,7 @@ def main() -> None:
     peak = matmul_peak_gflops()
     load_start = os.getloadavg()[0]
     _, ordered = _our_data(_model_dir(args.model), args.pairs, args.max_length)
-    order_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    order_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)  # noqa: SIM115 - kept for the child
     with order_file:
         json.dump([p["id"] for p in ordered], order_file)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",

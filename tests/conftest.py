@@ -9,9 +9,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -29,7 +29,7 @@ def compose_cfg():
     """Compose the real config tree with overrides (no job, no run dir)."""
     from hydra import compose, initialize_config_dir
 
-    import oyster_exp.cli  # noqa: F401 - registers the schema and resolvers
+    import oyster_exp.run.cli  # noqa: F401 - registers the schema and resolvers
 
     def _compose(*overrides: str):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -31,7 +31,7 @@ STEPS, PAIRS = 10, 8
 def examples() -> list[Any]:
     """Eight pairs whose chosen answers have the same token count, so per-process mean losses average
     to the single-process token-weighted loss exactly (the DDP comparison is about parallelism only)."""
-    from oyster_exp.training.data import PreferenceExample
+    from oyster_exp.training.tokenize import PreferenceExample
 
     return [PreferenceExample(id=f"p{i}", prompt=[{"role": "user", "content": "question " * (1 + i % 3) + str(i)}],
                               chosen=f"safe helpful answer {i}", rejected="unsafe answer " * (1 + i % 2))

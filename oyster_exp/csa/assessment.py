@@ -18,9 +18,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
-from oyster_exp.csa.schemas import NO_RISK, RiskAssessment
+from oyster_exp.csa.replies import NO_RISK, RiskAssessment
 from oyster_exp.csa.stackelberg import FOLLOWER_TYPES, normalise_posterior, uniform_posterior
-from oyster_exp.csa.taxonomy import UNKNOWN, IntentType, RiskLevel, Taxonomy
+from oyster_exp.data.taxonomy import UNKNOWN, IntentType, RiskLevel, Taxonomy
 
 DIMENSIONS: tuple[str, ...] = ("category", "level", "intent", "follower")
 LIKELIHOOD_FIELD = {t: f"{t}_user" for t in FOLLOWER_TYPES}   # reply keys: benign_user, sensitive_user, ...

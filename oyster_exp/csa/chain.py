@@ -32,9 +32,6 @@ _LABELS: dict[str, dict[str, str]] = {
 }
 
 NO_RISK_MARKERS = ("no risk", "none", "benign", "无风险", "无")
-# The chain's nodes by name: what `lingo_bp.unfrozen.<mode>` lists may contain.
-NODE_NAMES: tuple[str, ...] = ("user_needs", "risk_intent", "safety_guidelines", "usefulness_strategies",
-                               "safety_strategies")
 
 
 class SafetyChain(BaseModel):

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from oyster_exp.csa.chain import NODE_NAMES, SafetyChain
+from oyster_exp.config.structured import NODE_NAMES
+from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.schemas import EditReply, SafetyJudgement, UserJudgement
+from oyster_exp.csa.replies import EditReply, SafetyJudgement, UserJudgement
 from oyster_exp.csa.strategies import Similarity, jaccard, minimal_update
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService, Outcome

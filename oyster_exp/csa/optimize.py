@@ -16,11 +16,11 @@ from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.lingo_bp import EditItem, EditSettings, Rejected, backprop
 from oyster_exp.csa.players import JudgeItem, judge_safety, judge_user
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.schemas import SafetyJudgement, UserJudgement
+from oyster_exp.csa.records import TraceCandidate, TraceEntry
+from oyster_exp.csa.replies import SafetyJudgement, UserJudgement
 from oyster_exp.csa.stackelberg import CandidateOutcome, PayoffWeights, choose, expected_payoff, normalise_posterior
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService
-from oyster_exp.records import TraceCandidate, TraceEntry
 
 SEED_STRIDE = 1000   # candidate k samples with seed + k * SEED_STRIDE (retries add 1, 2, ...: no overlap)
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from oyster_exp.records import OptimizeRecord, PairRecord, TraceEntry
+from oyster_exp.csa.records import OptimizeRecord, PairRecord, TraceEntry
 
 POLICIES: tuple[str, ...] = ("best_vs_initial", "best_vs_worst", "all_improving", "refusal_as_rejected")
 

@@ -10,12 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.schemas import (NO_RISK, SafetyJudgement, SafetyJudgementReply, StrataVerdictReply,
-                                    UserJudgement, UserJudgementReply)
-from oyster_exp.csa.taxonomy import Taxonomy
+from oyster_exp.csa.records import AssessmentRecord
+from oyster_exp.csa.replies import (
+    NO_RISK,
+    SafetyJudgement,
+    SafetyJudgementReply,
+    StrataVerdictReply,
+    UserJudgement,
+    UserJudgementReply,
+)
+from oyster_exp.data.taxonomy import Taxonomy
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService, Outcome
-from oyster_exp.records import AssessmentRecord
 
 
 @dataclass

@@ -151,7 +151,7 @@ def run_lm_eval(model: str, args: str, tasks: list[str], limit: int | None, num_
     try:
         tm = task_manager(tasks, include_path, metadata=simple_parse_args_string(args))
         lm = get_model(model).create_from_arg_string(args, {"batch_size": batch_size, "device": _device(model)})
-    except Exception as e:  # noqa: BLE001 - recorded per task; the other benchmarks' records stay
+    except Exception as e:
         return [TaskScore(task=t, failure=_reason(e)) for t in tasks]
     out: list[TaskScore] = []
     where = ", ".join(str(p) for p in task_paths(include_path))
@@ -164,7 +164,7 @@ def run_lm_eval(model: str, args: str, tasks: list[str], limit: int | None, num_
             with _global_rng_kept():
                 res: Any = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, num_fewshot=num_fewshot,
                                                    task_manager=tm, log_samples=False)
-        except Exception as e:  # noqa: BLE001 - a task failure is recorded, the rest of the suite goes on
+        except Exception as e:
             out.append(TaskScore(task=task, failure=_reason(e)))
             continue
         scores = _scores(res or {})

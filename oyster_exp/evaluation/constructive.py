@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from oyster_exp.csa.taxonomy import Taxonomy, default_taxonomy
-from oyster_exp.jsonl_input import jsonl_objects
+from oyster_exp.data.jsonl_files import jsonl_objects
+from oyster_exp.data.taxonomy import Taxonomy, default_taxonomy
 
 REQUIRED = ("id", "query", "risk_level", "category", "persona", "task", "language")
 OPTIONAL = ("reference_responses",)

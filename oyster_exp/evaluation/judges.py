@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, create_model
 
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.schemas import NO_RISK, StrataVerdictReply
-from oyster_exp.csa.taxonomy import Taxonomy
+from oyster_exp.csa.replies import NO_RISK, StrataVerdictReply
+from oyster_exp.data.taxonomy import Taxonomy
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService, Outcome, RoleBinding
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oyster_exp.csa.records import EvalRecord
 from oyster_exp.evaluation.generation import Answer, GenerationSettings, conversation, generate
 from oyster_exp.evaluation.judges import EvalJudge, Verdict
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService
-from oyster_exp.records import EvalRecord
 
 log = logging.getLogger(__name__)
 Meta = dict[str, str | int | float]

@@ -12,12 +12,12 @@ from oyster_exp.llm.service import LLMService, RoleBinding
 
 def _client(name: str, node: DictConfig) -> object:
     """Instantiate one role's client; a missing API key is a one-line error naming the role and variable."""
+    from oyster_exp.core.errors import StageError
     from oyster_exp.llm.dashscope import MissingAPIKey
-    from oyster_exp.pipeline import StageError
 
     try:
         return instantiate(node)
-    except Exception as e:  # noqa: BLE001 - hydra wraps the client's own error; find ours in the chain
+    except Exception as e:
         cause: BaseException | None = e
         while cause is not None and not isinstance(cause, MissingAPIKey):
             cause = cause.__cause__

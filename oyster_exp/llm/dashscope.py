@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 
+from oyster_exp.core.redaction import REDACTED, SECRET_VALUE
 from oyster_exp.llm.base import ChatRequest, ChatResponse, OnReply, Usage, continues_assistant
 from oyster_exp.llm.engine import CallEngine, FatalError, RetryableError
-from oyster_exp.llm.schema_prompt import json_text, schema_instruction
-from oyster_exp.secrets import REDACTED, SECRET_VALUE
+from oyster_exp.llm.reply_format import json_text, schema_instruction
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -120,7 +120,7 @@ class DashScopeClient:
                 completion = await client.chat.completions.create(**kw)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - classified: retryable, fatal, or (unknown) re-raised
+        except Exception as e:
             raise self._classify(e) from None
         return self.to_response(completion, structured=req.response_schema is not None)
 

@@ -108,7 +108,7 @@ class CallEngine:
                     except FatalError as e:
                         results[i] = f"fatal: {e}"
                         break
-                    except (RetryableError, asyncio.TimeoutError, OSError) as e:
+                    except (TimeoutError, RetryableError, OSError) as e:
                         reason = "timeout" if isinstance(e, asyncio.TimeoutError) else str(e) or type(e).__name__
                         results[i] = f"after {attempt + 1} attempts: {reason}"
                         if attempt + 1 < self.max_attempts:

@@ -255,7 +255,7 @@ class _Sequence:
         """An integer or decimal; the first non-numeric choice (`,`, `}`) ends it."""
         v = self.c.vocab
         text = ""
-        for step in range(_NUMBER_MAX_TOKENS):
+        for _ in range(_NUMBER_MAX_TOKENS):
             allowed = [i for i, p in v.numeric if _NUM_PREFIX[integer].fullmatch(text + p)]
             complete = _NUM_FULL[integer].fullmatch(text) is not None
             if complete:

@@ -120,7 +120,7 @@ class LLMService:
                     replies: list[ChatResponse | str] = list(client.chat_batch(batch, on_reply=keep))
                 else:
                     replies = list(client.chat_batch(batch))
-            except Exception as e:  # noqa: BLE001 - a backend failure is recorded, not raised
+            except Exception as e:
                 log.warning("%s/%s: backend error: %s", self.stage, role, e)
                 replies = [f"backend error: {type(e).__name__}: {e}"] * len(misses)
             if engine is not None:

@@ -32,6 +32,6 @@ def resolve_model_dir(model: Any) -> Path:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             return Path(snapshot_download(str(model.path), local_files_only=True))
-        except Exception as e:  # noqa: BLE001 - any miss means "not available offline"
+        except Exception as e:
             raise ModelNotFoundError(f"model.path={model.path}: not in the local Hugging Face cache ({e})") from e
     raise ModelNotFoundError(f"model.source={source}: unknown source")

@@ -102,8 +102,8 @@ def _train_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def _curves(run: Path) -> dict[str, dict[float, float]]:
+    from oyster_exp.csa.records import EvalRecord
     from oyster_exp.evaluation.summary import summarise
-    from oyster_exp.records import EvalRecord
 
     evals = [EvalRecord.model_validate(r) for r in _records(run / "artifacts" / "evaluate.jsonl")]
     if not evals:
@@ -115,7 +115,7 @@ def _curves(run: Path) -> dict[str, dict[float, float]]:
     # summarise names a curve "model (split)" unless the split is the held-out seed set; an arm draws one
     # curve per model, so a lone split's curve goes under the plain model name
     out = dict(curves)
-    for key, curve in curves.items():
+    for key in curves:
         model = key.split(" (", 1)[0]
         if model != key and model not in out:
             out[model] = out.pop(key)
@@ -123,7 +123,7 @@ def _curves(run: Path) -> dict[str, dict[float, float]]:
 
 
 def read_arm(run: Path, ledger: dict[str, dict[str, Any]], sweep: Path | None) -> Arm:
-    from oyster_exp.sweep_arm import arm_label
+    from oyster_exp.reporting.sweep_ledger import arm_label
 
     manifest = _json(run / "manifest.json", {})
     entry = ledger.get(run.name, {})
@@ -146,7 +146,7 @@ def read_arm(run: Path, ledger: dict[str, dict[str, Any]], sweep: Path | None) -
 
 
 def collect(path: Path) -> list[Arm]:
-    from oyster_exp.sweep_arm import read_ledger
+    from oyster_exp.reporting.sweep_ledger import read_ledger
 
     path = Path(path)
     runs = arm_dirs(path)

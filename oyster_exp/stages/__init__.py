@@ -1,7 +1,7 @@
 """One module per stage of the graph; `default_stages()` lists them in order."""
 from __future__ import annotations
 
-from oyster_exp.pipeline import Stage
+from oyster_exp.pipeline.runner import Stage
 
 
 def default_stages() -> list[Stage]:

@@ -9,16 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from oyster_exp.artifacts import CacheEntry, Journal
 from oyster_exp.csa.assessment import AssessSettings, guidelines_for, reply_model, to_assessment
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.schemas import NO_RISK
+from oyster_exp.csa.records import AssessmentRecord, QueryRecord
+from oyster_exp.csa.replies import NO_RISK
 from oyster_exp.csa.stackelberg import FOLLOWER_TYPES
-from oyster_exp.csa.taxonomy import Taxonomy
-from oyster_exp.csa.taxonomy_access import taxonomy_for
+from oyster_exp.data.taxonomy import Taxonomy, taxonomy_for
 from oyster_exp.llm.base import ChatMessage
-from oyster_exp.pipeline import RunContext, Stage
-from oyster_exp.records import AssessmentRecord, QueryRecord
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
 
 
 def assess_conversation(q: QueryRecord, tax: Taxonomy, s: AssessSettings) -> list[ChatMessage]:

@@ -14,14 +14,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from oyster_exp.artifacts import CacheEntry, Journal, file_hash
-from oyster_exp.csa.taxonomy_access import taxonomy_for
+from oyster_exp.core.errors import StageError
+from oyster_exp.core.hashing import file_hash
+from oyster_exp.csa.records import EvalRecord
+from oyster_exp.data.taxonomy import taxonomy_for
 from oyster_exp.evaluation import suite
 from oyster_exp.evaluation.generation import GenerationSettings, bind_subject, local_subject, server_subject
 from oyster_exp.llm.base import LLMClient
 from oyster_exp.models.resolve import resolve_model_dir
-from oyster_exp.pipeline import RunContext, Stage, StageError
-from oyster_exp.records import EvalRecord
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from oyster_exp.artifacts import CacheEntry, Journal
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.schemas import ChainReply
+from oyster_exp.csa.records import ChainRecord
+from oyster_exp.csa.replies import ChainReply
 from oyster_exp.llm.base import ChatMessage
-from oyster_exp.pipeline import RunContext, Stage
-from oyster_exp.records import ChainRecord
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
 from oyster_exp.stages.generate import chunks
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from oyster_exp.artifacts import CacheEntry, Journal
 from oyster_exp.csa.prompts import render
+from oyster_exp.csa.records import GenerationRecord, QueryRecord
 from oyster_exp.llm.base import ChatMessage
-from oyster_exp.pipeline import RunContext, Stage
-from oyster_exp.records import GenerationRecord, QueryRecord
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
 
 
 def user_turn(q: QueryRecord, system_prompt: str) -> list[ChatMessage]:

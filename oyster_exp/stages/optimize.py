@@ -7,18 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from oyster_exp.artifacts import CacheEntry, Journal
+from oyster_exp.config.structured import lingo_schedule
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.lingo_bp import EditSettings
-from oyster_exp.csa.optimize import (LoopSettings, PearlPoint, QueryInput, QueryResult, best_index,
-                                     optimize_batch)
+from oyster_exp.csa.optimize import LoopSettings, PearlPoint, QueryInput, QueryResult, best_index, optimize_batch
 from oyster_exp.csa.players import judge_item_for
+from oyster_exp.csa.records import OptimizeRecord
 from oyster_exp.csa.stackelberg import normalise_posterior, weights_from
 from oyster_exp.csa.strategies import similarity_from
-from oyster_exp.csa.taxonomy_access import taxonomy_for
-from oyster_exp.pipeline import RunContext, Stage
-from oyster_exp.records import OptimizeRecord
-from oyster_exp.schema import lingo_schedule
+from oyster_exp.data.taxonomy import taxonomy_for
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
 
 DEFAULT_THRESHOLDS = {"exact": 1.0, "jaccard": 0.3, "simhash": 0.75, "embedding": 0.7}
 MODES = ("user", "developer", "both")

@@ -12,11 +12,10 @@ import json
 import os
 from typing import Any
 
-from oyster_exp.artifacts import CacheEntry, Journal
-from oyster_exp.csa.pairs import (PairSettings, completion, dedupe_key, pair_records, pair_stats,  # noqa: F401
-                                  select_pair, sft_rows)
-from oyster_exp.pipeline import RunContext, Stage
-from oyster_exp.records import PairRecord
+from oyster_exp.csa.pairs import PairSettings, completion, dedupe_key, pair_records, pair_stats, select_pair, sft_rows  # noqa: F401
+from oyster_exp.csa.records import PairRecord
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
 
 SFT_FILE = "sft.jsonl"
 

@@ -1,25 +1,21 @@
 """queries: load the query set, filter languages, split train / held-out by a stable hash."""
 from __future__ import annotations
 
-import hashlib
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from oyster_exp.artifacts import CacheEntry, Journal, file_hash
-from oyster_exp.pipeline import RunContext, Stage, StageError
-from oyster_exp.records import QueryRecord
-
-
-def _split(qid: str, seed: int, heldout_fraction: float) -> str:
-    h = int(hashlib.sha256(f"{seed}:{qid}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "heldout" if h < heldout_fraction else "train"
+from oyster_exp.core.errors import StageError
+from oyster_exp.core.hashing import file_hash
+from oyster_exp.csa.records import QueryRecord
+from oyster_exp.data.seed import heldout_split, seed_path
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
 
 
 def _source_path(ctx: RunContext) -> Path:
     if ctx.cfg.data.source == "file":
         return Path(str(ctx.cfg.data.path)).expanduser()
-    return Path(str(resources.files("oyster_exp") / "assets" / "seed_queries.jsonl"))
+    return seed_path()
 
 
 class QueriesStage(Stage):
@@ -34,7 +30,7 @@ class QueriesStage(Stage):
         return {"queries_file": file_hash(path)}
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
-        from oyster_exp.csa.seed import load_query_file
+        from oyster_exp.data.seed import load_query_file
 
         data = ctx.cfg.data
         try:
@@ -50,5 +46,5 @@ class QueriesStage(Stage):
             journal.append(QueryRecord(
                 id=r["id"], query=r["query"], language=r["language"], risk_level=r.get("risk_level"),
                 category=r.get("category"), persona=r.get("persona", ""), task=r.get("task", ""),
-                split=_split(r["id"], int(ctx.cfg.seed), float(data.heldout_fraction)),  # type: ignore[arg-type]
+                split=heldout_split(r["id"], int(ctx.cfg.seed), float(data.heldout_fraction)),  # type: ignore[arg-type]
             ))

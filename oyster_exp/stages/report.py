@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from oyster_exp.artifacts import CacheEntry, Journal
+from oyster_exp.config.structured import lingo_schedule
+from oyster_exp.csa.records import ReportRecord
 from oyster_exp.evaluation.summary import summarise
-from oyster_exp.evaluation.tables import counts_table, reference_table, side_by_side
-from oyster_exp.pipeline import RunContext, Stage
-from oyster_exp.records import ReportRecord
-from oyster_exp.schema import lingo_schedule
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
+from oyster_exp.reporting.tables import counts_table, reference_table, side_by_side
 
 
 def pipeline_table(ctx: RunContext) -> str:

@@ -16,11 +16,11 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from oyster_exp.artifacts import CacheEntry, Journal
+from oyster_exp.core.redaction import strip_secrets
+from oyster_exp.csa.records import PairRecord, TrainRecord
 from oyster_exp.models.resolve import resolve_model_dir
-from oyster_exp.pipeline import RunContext, Stage
-from oyster_exp.records import PairRecord, TrainRecord
-from oyster_exp.secrets import strip_secrets
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal
+from oyster_exp.pipeline.runner import RunContext, Stage
 
 log = logging.getLogger(__name__)
 MODEL_SUBDIR = "model"
@@ -32,7 +32,7 @@ _UNKEYED_TRAINING = ("resume", "checkpoint_every_n_steps", "sample_generations",
 
 
 def examples_from(pairs: list[PairRecord]) -> list[Any]:
-    from oyster_exp.training.data import PreferenceExample
+    from oyster_exp.training.tokenize import PreferenceExample
 
     return [PreferenceExample(id=p.id, prompt=p.prompt, chosen=p.chosen, rejected=p.rejected)
             for p in pairs if p.failure is None]
@@ -55,7 +55,7 @@ class TrainStage(Stage):
 
         from oyster_exp.training.callbacks import SampleGenerationTable
         from oyster_exp.training.data import PreferenceDataModule
-        from oyster_exp.training.models import LoraSettings
+        from oyster_exp.training.model_setup import LoraSettings
         from oyster_exp.training.module import PreferenceModule
         from oyster_exp.training.run import train_and_export
 

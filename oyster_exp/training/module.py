@@ -17,7 +17,7 @@ import torch
 
 from oyster_exp.training.forward import output_head, scored_token_logps, stack_padded
 from oyster_exp.training.losses import IGNORE, orpo_loss, sequence_logps, sft_loss, token_nll
-from oyster_exp.training.models import LoraSettings, export_pretrained, load_causal_lm, model_card
+from oyster_exp.training.model_setup import LoraSettings, export_pretrained, load_causal_lm, model_card
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]

@@ -103,9 +103,8 @@ def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule,
     """
     import shutil
 
-    from oyster_exp.training.callbacks import (
-        AtomicLastCheckpoint, WandbRunIdBesideCheckpoint, point_wandb_at, start_resumed_wandb, stored_wandb_id,
-    )
+    from oyster_exp.tracking.wandb import point_wandb_at, start_resumed_wandb, stored_wandb_id
+    from oyster_exp.training.callbacks import AtomicLastCheckpoint, WandbRunIdBesideCheckpoint
 
     ckpt_dir = Path(ckpt_dir)
     resume = str(getattr(resume, "value", resume))

@@ -42,7 +42,7 @@ def tokenize_cached(examples: list[Any], tokenizer: Any, max_length: int, trunca
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
 
-    from oyster_exp.training.data import PreferenceExample, tokenize_example
+    from oyster_exp.training.tokenize import PreferenceExample, tokenize_example
 
     if not examples:
         return []

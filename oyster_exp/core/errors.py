@@ -1,0 +1,15 @@
+"""The errors a run reports as one line instead of a traceback.
+
+`cli` maps them to exit codes: a `DataError` (a user file is malformed) exits 2 like a config error,
+a `StageError` (a stage cannot run, or too many of its records failed) exits 1.
+"""
+from __future__ import annotations
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing input, bad data); the message says what to do."""
+
+
+class DataError(ValueError):
+    """A user-supplied file (queries, benchmark, taxonomy workbook) is malformed: the message names the file,
+    the line (or sheet and row) and the field."""
