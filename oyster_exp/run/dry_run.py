@@ -156,16 +156,15 @@ def estimate_llm(cfg: DictConfig, n_train: int, n_heldout: int, n_strata: int, q
 
 
 def _dataset(cfg: DictConfig) -> tuple[int, int, float]:
-    """(train queries, held-out queries, mean query characters) as the queries stage would split them."""
-    from oyster_exp.data.seed import heldout_split, load_query_file
+    """(train queries, held-out queries, mean query characters) as the queries stage would split them:
+    the same `data` component gives the same rows."""
+    from hydra.utils import instantiate
 
-    data = cfg.data
-    path = Path(str(data.path)).expanduser() if data.source == "file" else \
-        Path(str(resources.files("oyster_exp") / "assets" / "seed_queries.jsonl"))
-    rows = [r for r in load_query_file(path) if r["language"] in set(data.languages)]
-    if data.limit:
-        rows = rows[: int(data.limit)]
-    splits = [heldout_split(r["id"], int(cfg.seed), float(data.heldout_fraction)) for r in rows]
+    from oyster_exp.data.seed import heldout_split
+
+    source = instantiate(cfg.data)
+    rows = source.rows()
+    splits = [heldout_split(r["id"], int(cfg.seed), float(source.heldout_fraction)) for r in rows]
     chars = sum(len(r["query"]) for r in rows) / max(1, len(rows))
     return splits.count("train"), splits.count("heldout"), chars
 
@@ -188,17 +187,6 @@ def _architecture(cfg: DictConfig) -> tuple[dict[str, Any], str]:
 
     path = resolve_model_dir(cfg.model) / "config.json"
     return json.loads(path.read_text()), str(path)
-
-
-def _weights_status(cfg: DictConfig) -> str:
-    from oyster_exp.models.resolve import ModelNotFoundError, resolve_model_dir
-
-    if str(getattr(cfg.model.source, "value", cfg.model.source)) in ("hub", "local_path"):
-        try:
-            return f"found: {resolve_model_dir(cfg.model)}"
-        except ModelNotFoundError as e:
-            return f"not available offline ({str(e).split(' (')[0]}); a real run needs them"
-    return "built or converted locally on first use"
 
 
 def build_on_meta(cfg: DictConfig) -> tuple[int, dict[str, Any], list[str]]:
@@ -231,10 +219,8 @@ def build_on_meta(cfg: DictConfig) -> tuple[int, dict[str, Any], list[str]]:
             built.append(f"llm role {role}: {target} resolved")
         except ImportError:   # reported, not fatal: a dry run should show every problem at once
             built.append(f"llm role {role}: {target} NOT IMPORTABLE (that backend is not in this checkout)")
-    from oyster_exp.training import losses
-
-    objective = str(getattr(cfg.objective.name, "value", cfg.objective.name))
-    built.append(f"loss {objective}: oyster_exp.training.losses.{getattr(losses, f'{objective}_loss').__name__}")
+    loss = instantiate(cfg.objective)
+    built.append(f"loss {loss.describe()}: {type(loss).__module__}.{type(loss).__qualname__}")
     del model, optimizer
     return params, arch, built
 
@@ -254,15 +240,20 @@ def _gpus(trainer: DictConfig) -> int:
 
 
 def estimate(cfg: DictConfig) -> dict[str, Any]:
+    from hydra.utils import instantiate
+
+    from oyster_exp.models.resolve import model_source
+
     params, arch, built = build_on_meta(cfg)
     trainer = cfg.trainer
     precision = str(trainer.get("precision", "32-true"))
     mem = estimate_memory(params, arch, _gpus(trainer), strategy_name(trainer), precision,
                           int(cfg.training.batch_size), int(cfg.training.max_length),
-                          pairs=str(getattr(cfg.objective.name, "value", cfg.objective.name)) == "orpo")
+                          pairs=instantiate(cfg.objective).uses_rejected)
     n_train, n_heldout, qchars = _dataset(cfg)
     llm = estimate_llm(cfg, n_train, n_heldout, _strata_count(cfg), qchars)
-    return {"experiment": cfg.get("experiment"), "model": str(cfg.model.model_id), "weights": _weights_status(cfg),
+    return {"experiment": cfg.get("experiment"), "model": str(cfg.model.model_id),
+            "weights": model_source(cfg.model).weights_status(),
             "data_engine_llm": str(cfg.llm.name), "lingo_bp": lingo_schedule(cfg.lingo_bp),
             "train_queries": n_train, "heldout_queries": n_heldout, "built": built,
             "memory_per_gpu": {**asdict(mem), "fits_80gib": mem.total_gib <= GPU_GIB}, "llm": llm}

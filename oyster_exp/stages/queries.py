@@ -1,21 +1,22 @@
 """queries: load the query set, filter languages, split train / held-out by a stable hash."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from hydra.utils import instantiate
 
 from oyster_exp.core.errors import StageError
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import QueryRecord
-from oyster_exp.data.seed import heldout_split, seed_path
+from oyster_exp.data.seed import heldout_split
+from oyster_exp.data.sources import QuerySource
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
 
 
-def _source_path(ctx: RunContext) -> Path:
-    if ctx.cfg.data.source == "file":
-        return Path(str(ctx.cfg.data.path)).expanduser()
-    return seed_path()
+def query_source(ctx: RunContext) -> QuerySource:
+    """The `data` component (seed set, a user file, ...): the stage asks it for rows, whatever it is."""
+    return instantiate(ctx.cfg.data)
 
 
 class QueriesStage(Stage):
@@ -24,27 +25,22 @@ class QueriesStage(Stage):
     config_keys = ("data", "seed")
 
     def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
-        path = _source_path(ctx)
+        path = query_source(ctx).file()
         if not path.exists():
             raise StageError(f"data.path: {path} not found")
         return {"queries_file": file_hash(path)}
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
-        from oyster_exp.data.seed import load_query_file
-
-        data = ctx.cfg.data
+        source = query_source(ctx)
         try:
-            rows = load_query_file(_source_path(ctx))
+            rows = source.rows()
         except ValueError as e:  # names the file, line and field: report it, without a traceback
             raise StageError(f"data: {e}") from None
-        rows = [r for r in rows if r["language"] in set(data.languages)]
-        if data.limit:
-            rows = rows[: int(data.limit)]
         for r in rows:
             if r["id"] in journal:
                 continue
             journal.append(QueryRecord(
                 id=r["id"], query=r["query"], language=r["language"], risk_level=r.get("risk_level"),
                 category=r.get("category"), persona=r.get("persona", ""), task=r.get("task", ""),
-                split=heldout_split(r["id"], int(ctx.cfg.seed), float(data.heldout_fraction)),  # type: ignore[arg-type]
+                split=heldout_split(r["id"], int(ctx.cfg.seed), float(source.heldout_fraction)),  # type: ignore[arg-type]
             ))

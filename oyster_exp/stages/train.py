@@ -1,4 +1,4 @@
-"""train: ORPO (or SFT) on the preference pairs with a real Lightning Trainer; export the model.
+"""train: the `objective` (ORPO, SFT) on the preference pairs with a real Lightning Trainer; export the model.
 
 Checkpoints live in the stage's cache entry (`<cache>/stages/train/<key>/checkpoints/last.ckpt`), so
 rerunning a killed command (same config, same pairs, same key) finds them: with `training.resume=auto`
@@ -61,7 +61,8 @@ class TrainStage(Stage):
 
         cfg = ctx.cfg
         tcfg = cfg.training
-        objective = str(getattr(cfg.objective.name, "value", cfg.objective.name))
+        loss = instantiate(cfg.objective)
+        objective = loss.name
         examples = examples_from(inputs["pairs"])
         if not examples:
             journal.append(TrainRecord(id="model", objective=objective, steps=0, model_dir="",
@@ -74,9 +75,7 @@ class TrainStage(Stage):
         val, train = examples[:n_val], examples[n_val:]
         model_dir = resolve_model_dir(cfg.model)
         module = PreferenceModule(
-            model_path=str(model_dir), objective=objective, beta=float(cfg.objective.beta),
-            nll_span=str(getattr(cfg.objective.nll_span, "value", cfg.objective.nll_span)),
-            optimizer=instantiate(tcfg.optimizer),
+            model_path=str(model_dir), loss=loss, optimizer=instantiate(tcfg.optimizer),
             scheduler=instantiate(tcfg.scheduler) if tcfg.get("scheduler") is not None else None,
             gradient_checkpointing=bool(tcfg.gradient_checkpointing), dtype=str(cfg.model.dtype),
             lora=LoraSettings.from_config(cfg.get("peft")),

@@ -8,7 +8,6 @@ epoch, so a W&B dashboard can put our runs next to TRL's (`rewards/margins`, `lo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +15,15 @@ import lightning as L
 import torch
 
 from oyster_exp.training.forward import output_head, scored_token_logps, stack_padded
-from oyster_exp.training.losses import IGNORE, orpo_loss, sequence_logps, sft_loss, token_nll
+from oyster_exp.training.losses import IGNORE, sequence_logps, token_nll
 from oyster_exp.training.model_setup import LoraSettings, export_pretrained, load_causal_lm, model_card
+from oyster_exp.training.objectives import ORPOLoss, TrainingLoss
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
-OBJECTIVES = ("orpo", "sft")
-NLL_SPANS = ("response", "prompt_and_response")
 DEFAULT_LR = 5e-5
 IGNORE_PAD_ID = 0
 """Token id for padding added when chosen and rejected are stacked; masked out, so any id works."""
-
-
-def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
-    """Accept plain strings and the schema's str enums alike."""
-    value = value.value if isinstance(value, Enum) else str(value)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
 
 
 def _wants_total_steps(factory: Callable[..., Any]) -> bool:
@@ -48,29 +38,28 @@ def _wants_total_steps(factory: Callable[..., Any]) -> bool:
 
 
 class PreferenceModule(L.LightningModule):
-    """A causal LM trained with ORPO (default) or SFT.
+    """A causal LM trained with a `TrainingLoss` (default ORPO at beta 0.1; `objectives.SFTLoss` for SFT).
 
-    `optimizer` is a factory taking the parameters (a `functools.partial`, e.g. Hydra
-    `_partial_: true`); the default is AdamW at lr 5e-5. `scheduler` is a factory taking the optimizer,
-    stepped once per optimisation step. `nll_span` picks ORPO's NLL tokens: `response` (default) or
-    `prompt_and_response` (TRL). Dropout is disabled by default, as TRL does, because the odds ratio
-    compares two noisy forward passes otherwise.
+    The loss object says which sides of a pair are forwarded and turns the scored log-probs into the
+    loss and its metrics; this module never looks at which objective it holds. `optimizer` is a
+    factory taking the parameters (a `functools.partial`, e.g. Hydra `_partial_: true`); the default
+    is AdamW at lr 5e-5. `scheduler` is a factory taking the optimizer, stepped once per optimisation
+    step. Dropout is disabled by default, as TRL does, because the odds ratio compares two noisy
+    forward passes otherwise.
     """
 
-    def __init__(self, model_path: str, objective: str = "orpo", beta: float = 0.1, nll_span: str = "response",
+    def __init__(self, model_path: str, loss: TrainingLoss | None = None,
                  optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
                  gradient_checkpointing: bool = False, disable_dropout: bool = True,
                  lora: LoraSettings | None = None, dtype: str = "float32"):
         super().__init__()
-        self.objective = _choice(objective, OBJECTIVES, "objective")
-        self.nll_span = _choice(nll_span, NLL_SPANS, "nll_span")
-        self.beta = float(beta)
-        self.save_hyperparameters({"model_path": str(model_path), "objective": self.objective, "beta": self.beta,
-                                   "nll_span": self.nll_span, "gradient_checkpointing": gradient_checkpointing,
+        self.loss = loss if loss is not None else ORPOLoss()
+        self.save_hyperparameters({"model_path": str(model_path), "objective": self.loss.describe(),
+                                   "gradient_checkpointing": gradient_checkpointing,
                                    "disable_dropout": disable_dropout, "dtype": str(dtype),
                                    "lora": None if lora is None else vars(lora)},
                                   logger=False)  # the loggers get the whole resolved config instead; these
-        # flat keys (objective, beta) would overwrite the config's groups of the same name in W&B
+        # flat keys would overwrite the config's groups of the same name in W&B
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, lora=lora,
                                                     gradient_checkpointing=gradient_checkpointing,
@@ -94,53 +83,47 @@ class PreferenceModule(L.LightningModule):
             self._head_cache = cached = (self.model, output_head(self.model))
         return cached[1]
 
+    def _sides(self, batch: dict[str, Any], field: str, pad: int) -> torch.Tensor:
+        """`field` of every side the loss scores, stacked chosen first (padded to one width)."""
+        parts = [batch[f"{side}_{field}"] for side in self.loss.sides]
+        return parts[0] if len(parts) == 1 else stack_padded(parts, pad)
+
+    def _split(self, logps: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return logps[:n], (logps[n:] if self.loss.uses_rejected else None)
+
     def compute(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and detached metrics for one collated batch (see `data.collate`).
 
-        Chosen and rejected go through the decoder together (`forward.scored_token_logps`) and only
-        the scored positions through the LM head; models whose logits are not a plain linear head
+        The sides the loss needs go through the decoder together (`forward.scored_token_logps`) and
+        only the scored positions through the LM head; models whose logits are not a plain linear head
         of the last hidden state take `compute_from_logits`, the same maths on full logits.
         """
         head = self._output_head()
         if head is None:
             return self.compute_from_logits(batch)
-        full = self.nll_span == "prompt_and_response"
-        chosen_scored = batch["chosen_labels_full" if full else "chosen_labels"]
-        if self.objective == "sft":
-            tokens = scored_token_logps(self.model, head, batch["chosen_input_ids"], batch["chosen_attention_mask"],
-                                        chosen_scored, batch["chosen_labels"], self.forward_layout)
-            loss = tokens.nll(tokens.num_sequences, response_only=False)
-            return loss, {"nll_loss": loss.detach(), "logps/chosen": tokens.response_mean().detach().mean()}
         n = batch["chosen_input_ids"].size(0)
+        chosen_scored = batch["chosen_labels_full" if self.loss.full_sequence_nll else "chosen_labels"]
+        scored = [chosen_scored] + [batch[f"{s}_labels"] for s in self.loss.sides[1:]]
         tokens = scored_token_logps(
-            self.model, head, stack_padded([batch["chosen_input_ids"], batch["rejected_input_ids"]], IGNORE_PAD_ID),
-            stack_padded([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], 0),
-            stack_padded([chosen_scored, batch["rejected_labels"]], IGNORE),
-            stack_padded([batch["chosen_labels"], batch["rejected_labels"]], IGNORE), layout=self.forward_layout,
-            pair_offset=n if self.share_prompt_forward else None)
-        logps = tokens.response_mean()
-        return orpo_loss(logps[:n], logps[n:], tokens.nll(n, response_only=False), self.beta)
+            self.model, head, self._sides(batch, "input_ids", IGNORE_PAD_ID), self._sides(batch, "attention_mask", 0),
+            scored[0] if len(scored) == 1 else stack_padded(scored, IGNORE), self._sides(batch, "labels", IGNORE),
+            layout=self.forward_layout,
+            pair_offset=n if self.share_prompt_forward and self.loss.uses_rejected else None)
+        chosen, rejected = self._split(tokens.response_mean(), n)
+        return self.loss(chosen, rejected, tokens.nll(n, response_only=False))
 
     def compute_from_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`compute` on the model's full logits: the reference path, and the fallback for heads
         `forward.output_head` cannot split off (soft-capping, scaled or PEFT-wrapped heads)."""
-        full = self.nll_span == "prompt_and_response"
-        if self.objective == "sft":
-            width = int(batch["chosen_attention_mask"].sum(-1).max())  # drop columns only rejected needs
-            logits = self._logits(batch["chosen_input_ids"][:, :width], batch["chosen_attention_mask"][:, :width])
-            labels = batch["chosen_labels_full" if full else "chosen_labels"][:, :width]
-            loss = sft_loss(logits, labels)
-            logps = sequence_logps(logits.detach(), batch["chosen_labels"][:, :width], average=True)
-            return loss, {"nll_loss": loss.detach(), "logps/chosen": logps.mean()}
         n = batch["chosen_input_ids"].size(0)
-        def cat(field: str, value: int) -> torch.Tensor:
-            return stack_padded([batch[f"chosen_{field}"], batch[f"rejected_{field}"]], value)
-
-        logits = self._logits(cat("input_ids", IGNORE_PAD_ID), cat("attention_mask", 0))
-        logps = sequence_logps(logits, cat("labels", IGNORE), average=True)
-        chosen_labels = batch["chosen_labels_full" if full else "chosen_labels"]
+        mask = self._sides(batch, "attention_mask", 0)
+        width = int(mask.sum(-1).max())  # drop padding columns no scored side needs
+        logits = self._logits(self._sides(batch, "input_ids", IGNORE_PAD_ID)[:, :width], mask[:, :width])
+        logps = sequence_logps(logits, self._sides(batch, "labels", IGNORE)[:, :width], average=True)
+        chosen_labels = batch["chosen_labels_full" if self.loss.full_sequence_nll else "chosen_labels"][:, :width]
         chosen_nll = token_nll(logits[:n, :chosen_labels.shape[1]], chosen_labels)
-        return orpo_loss(logps[:n], logps[n:], chosen_nll, self.beta)
+        chosen, rejected = self._split(logps if self.loss.uses_rejected else logps.detach(), n)
+        return self.loss(chosen, rejected, chosen_nll)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         loss, metrics = self.compute(batch)
@@ -150,8 +133,7 @@ class PreferenceModule(L.LightningModule):
         self.log(f"{stage}/loss", loss.detach(), prog_bar=True, **kwargs)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, **kwargs)
         if train:
-            sides = ("chosen",) if self.objective == "sft" else ("chosen", "rejected")
-            tokens = sum(int(batch[f"{s}_attention_mask"].sum()) for s in sides)
+            tokens = sum(int(batch[f"{s}_attention_mask"].sum()) for s in self.loss.sides)
             self.log("train/tokens", float(tokens), on_step=True, on_epoch=False, batch_size=size)
         return loss
 
@@ -186,10 +168,9 @@ class PreferenceModule(L.LightningModule):
         config, secrets already stripped) as YAML, so the model carries its own provenance. A LoRA
         model is merged in place, so `self.model` is the plain merged model afterwards.
         """
-        summary = (f"Trained with `{self.objective}` (beta={self.beta}, nll_span={self.nll_span}) "
-                   f"from `{self.hparams['model_path']}`"
+        summary = (f"Trained with `{self.loss.describe()}` from `{self.hparams['model_path']}`"
                    + (f", LoRA r={self.hparams['lora']['r']} merged." if self.hparams.get("lora") else "."))
-        card = model_card(summary, self.objective, metrics, card_config)
+        card = model_card(summary, self.loss.name, metrics, card_config)
         self.model = export_pretrained(self.model, self.tokenizer, Path(out_dir), card,
                                        base_path=self.hparams["model_path"])
         return Path(out_dir)

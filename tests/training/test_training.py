@@ -25,8 +25,11 @@ from oyster_exp.training.losses import (
     token_nll,
 )
 from oyster_exp.training.module import PreferenceModule
+from oyster_exp.training.objectives import NllSpan, ORPOLoss, SFTLoss, TrainingLoss
 from oyster_exp.training.run import fit_preference_model
 from oyster_exp.training.tokenize import PreferenceExample, tokenize_example
+
+LOSSES: dict[str, type[TrainingLoss]] = {"orpo": ORPOLoss, "sft": SFTLoss}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -188,7 +191,7 @@ class _LossTrace(L.Callback):
 
 def _fit(model_dir: Path, tokenizer: Any, objective: str, tmp: Path,
          val: list[PreferenceExample]) -> tuple[dict[str, float], list[float]]:
-    module = PreferenceModule(str(model_dir), objective=objective, beta=0.1,
+    module = PreferenceModule(str(model_dir), loss=LOSSES[objective](),
                               optimizer=functools.partial(torch.optim.AdamW, lr=5e-3))
     data = PreferenceDataModule([_ex(i) for i in range(8)], val, tokenizer, max_length=128, batch_size=2)
     trace = _LossTrace()
@@ -279,7 +282,7 @@ def _our_batch(trl_batch: dict[str, Any], pad_id: int) -> dict[str, Any]:
 
 def test_module_matches_trl_orpo_loss_metrics_and_gradients(trl_reference: dict[str, Any],
                                                             tiny_model_dir: Path) -> None:
-    module = PreferenceModule(str(tiny_model_dir), objective="orpo", beta=0.1, nll_span="prompt_and_response")
+    module = PreferenceModule(str(tiny_model_dir), loss=ORPOLoss(beta=0.1, nll_span=NllSpan.prompt_and_response))
     loss, ours = module.compute(_our_batch(trl_reference["batch"], trl_reference["pad_id"]))
     assert float(loss.detach()) == pytest.approx(trl_reference["loss"], rel=1e-5)
     for key in METRICS:
@@ -359,7 +362,7 @@ def _loss_metrics_grads(module: PreferenceModule, fn: Any, batch: dict[str, Any]
 @pytest.mark.parametrize("nll_span", ["response", "prompt_and_response"])
 def test_scored_token_path_equals_the_full_logits_path(tiny_model_dir: Path, tokenizer: Any, objective: str,
                                                        nll_span: str) -> None:
-    module = PreferenceModule(str(tiny_model_dir), objective=objective, nll_span=nll_span)
+    module = PreferenceModule(str(tiny_model_dir), loss=LOSSES[objective](nll_span=NllSpan(nll_span)))
     batch = _uneven_batch(tokenizer)
     assert batch["chosen_input_ids"].shape[1] != batch["rejected_input_ids"].shape[1]  # each side its own width
     assert module._output_head() is module.model.lm_head
@@ -376,12 +379,56 @@ def test_scored_token_path_equals_the_full_logits_path(tiny_model_dir: Path, tok
             assert float((mine - ref).norm()) <= 1e-5 * float(ref.norm()) + 1e-9, layout
 
 
+# ---------------------------------------------------------------- objectives as components
+
+@pytest.mark.parametrize("option, cls", [("orpo", ORPOLoss), ("sft", SFTLoss)])
+def test_objective_options_build_their_loss(compose_cfg, option: str, cls: type) -> None:
+    from hydra.utils import instantiate
+
+    loss = instantiate(compose_cfg(f"objective={option}", "objective.nll_span=prompt_and_response").objective)
+    assert type(loss) is cls and loss.name == option and loss.full_sequence_nll
+    assert loss.uses_rejected == (option == "orpo")
+    if option == "orpo":
+        assert instantiate(compose_cfg("objective.beta=0.25").objective).beta == 0.25
+    else:
+        with pytest.raises(Exception, match="beta"):   # SFT has no odds-ratio weight to set
+            compose_cfg("objective=sft", "objective.beta=0.25")
+
+
+def test_orpo_object_computes_the_pure_loss_and_sft_the_nll_alone() -> None:
+    c, r, nll = torch.tensor([-0.5, -1.0]), torch.tensor([-2.0, -0.7]), torch.tensor(1.3)
+    loss, metrics = ORPOLoss(beta=0.25)(c, r, nll)
+    ref_loss, ref_metrics = orpo_loss(c, r, nll, beta=0.25)
+    assert float(loss) == float(ref_loss) and metrics.keys() == ref_metrics.keys()
+    assert float(loss) > float(nll)                          # the odds-ratio term adds a positive penalty
+    with pytest.raises(ValueError, match="rejected"):
+        ORPOLoss()(c, None, nll)
+    loss, metrics = SFTLoss()(c, None, nll)
+    assert float(loss) == pytest.approx(1.3) and set(metrics) == {"nll_loss", "logps/chosen"}
+    assert float(metrics["logps/chosen"]) == pytest.approx(-0.75)
+    assert ORPOLoss(beta=0.2).describe() == "orpo (nll_span=response, beta=0.2)"
+
+
+def test_sft_never_reads_the_rejected_side(tiny_model_dir: Path, tokenizer: Any) -> None:
+    """The loss object says which sides it needs: an SFT batch without any rejected tensors trains, and
+    gives the same loss as the full batch; ORPO does need them."""
+    batch = _uneven_batch(tokenizer)
+    chosen_only = {k: v for k, v in batch.items() if not k.startswith("rejected_")}
+    sft = PreferenceModule(str(tiny_model_dir), loss=SFTLoss())
+    full = float(sft.compute(batch)[0])
+    assert float(sft.compute(chosen_only)[0]) == pytest.approx(full, rel=1e-6)
+    assert float(sft.compute_from_logits(chosen_only)[0]) == pytest.approx(full, rel=1e-5)
+    orpo = PreferenceModule(str(tiny_model_dir), loss=ORPOLoss())
+    with pytest.raises(KeyError, match="rejected"):
+        orpo.compute(chosen_only)
+
+
 def test_chosen_and_rejected_run_their_shared_prompt_once(tiny_model_dir: Path, tokenizer: Any) -> None:
     """Three decoder calls per pair (prompt, chosen rest, rejected rest), each over the tokens it owns:
     the prompt's tokens go through the decoder once, not twice."""
     from oyster_exp.training.forward import common_prefix_length
 
-    module = PreferenceModule(str(tiny_model_dir), objective="orpo")
+    module = PreferenceModule(str(tiny_model_dir), loss=ORPOLoss())
     batch = _uneven_batch(tokenizer)
     lengths = [int(m.sum()) for m in (*batch["chosen_attention_mask"], *batch["rejected_attention_mask"])]
     prefixes = [common_prefix_length(batch["chosen_input_ids"][i, :lengths[i]],
