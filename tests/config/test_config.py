@@ -69,6 +69,19 @@ def test_range_and_cross_field_checks_name_the_key(compose_cfg, override: str, k
     assert e.value.key == key
 
 
+@pytest.mark.parametrize("overrides, key", [
+    (["model=tiny_random", "model.tiny_hidden=4"], "model.tiny_hidden"),   # a component's own range
+    (["data=file", "data.path=/q.jsonl", "data.limit=0"], "data.limit"),
+    (["objective=orpo", "objective.beta=-0.5"], "objective.beta"),
+    (["model=local_path"], "model.path"),                                   # a required knob left unset
+    (["data=file"], "data.path"),
+])
+def test_component_ranges_come_from_the_chosen_options_schema(compose_cfg, overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        validate_config(compose_cfg(*overrides), resolve=False)
+    assert e.value.key == key
+
+
 def test_unknown_key_is_rejected_by_the_schema(compose_cfg) -> None:
     with pytest.raises(Exception, match="itrations"):
         compose_cfg("lingo_bp.itrations=3")
