@@ -123,8 +123,8 @@ def read_arm(run: Path, ledger: dict[str, dict[str, Any]], sweep: Path | None) -
 
     manifest = _json(run / "manifest.json", {})
     entry = ledger.get(run.name, {})
-    overrides = list(OmegaConf.load(run / ".hydra" / "overrides.yaml")) if (run / ".hydra" / "overrides.yaml").exists() \
-        else list(entry.get("overrides", []))
+    overrides_file = run / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else list(entry.get("overrides", []))
     label = entry.get("label") or (arm_label([str(o) for o in overrides], sweep) if sweep else "run")
     status = str(entry.get("status") or manifest.get("status") or "missing")
     reason = entry.get("reason") or manifest.get("reason")

@@ -104,7 +104,8 @@ def paper_comparison(arms: list[Arm]) -> str:
     """The paper's headline rows beside ours, for arms whose base model and objective are the paper's."""
     from oyster_exp.reporting.paper import HEADLINE, HEADLINE_MODELS
 
-    lines = ["| arm | model | ours: Constructive | paper: Constructive | ours: Jailbreak (100 − ASR) | paper: Jailbreak |",
+    lines = ["| arm | model | ours: Constructive | paper: Constructive | ours: Jailbreak (100 − ASR) "
+             "| paper: Jailbreak |",
              "|---|---|---|---|---|---|"]
     matched = False
     asr = asr_metric(arms)
@@ -119,7 +120,8 @@ def paper_comparison(arms: list[Arm]) -> str:
             ours_c = a.metric(who, HEADLINE_METRIC)
             ours_a = a.metric(who, asr) if asr else None
             jb = 100.0 - float(ours_a["value"]) if ours_a and ours_a.get("value") is not None else None
-            lines.append(f"| {a.job} | {who}: {paper_name} | {_with_ci(ours_c)} | {HEADLINE['Safety/Constructive'][i]} "
+            lines.append(f"| {a.job} | {who}: {paper_name} | {_with_ci(ours_c)} "
+                         f"| {HEADLINE['Safety/Constructive'][i]} "
                          f"| {_num(jb)} | {HEADLINE['Safety/Jailbreak'][i]} |")
             matched = True
     if not matched:

@@ -30,7 +30,8 @@ PACKAGES = ("oyster-exp", "torch", "transformers", "trl", "lightning", "hydra-co
 
 def git_state(root: Path) -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD") or None
