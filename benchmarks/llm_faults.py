@@ -77,7 +77,8 @@ def main() -> int:
     succeeded = sum(r.ok for r in recs)
     failed = sum(1 for r in recs if not r.ok and r.failure)
     result = {
-        "benchmark": "llm_faults", "backend": a.backend, "requests": a.requests, "succeeded": succeeded, "failed_with_reason": failed,
+        "benchmark": "llm_faults", "backend": a.backend, "requests": a.requests, "succeeded": succeeded,
+        "failed_with_reason": failed,
         "lost": a.requests - len(set(ids)) + sum(1 for r in recs if not r.ok and not r.failure),
         "duplicated": len(ids) - len(set(ids)), "server_requests": server_requests,
         "engine_retries": engine.stats.retries, "fault_rate": 0.20, "seconds": round(seconds, 2),

@@ -88,10 +88,13 @@ def main() -> None:
     st = runs["batched"][0]
     print(json.dumps({
         "benchmark": "local_generation", "model": "SmolLM2-135M-Instruct fp32 CPU", "prompts": a.prompts,
-        "max_new_tokens": a.max_new_tokens, "batched_tokens_per_s": round(b, 1), "sequential_tokens_per_s": round(q, 1),
+        "max_new_tokens": a.max_new_tokens, "batched_tokens_per_s": round(b, 1),
+        "sequential_tokens_per_s": round(q, 1),
         "speedup": round(b / q, 2), "structured_calls": st.get("structured_calls", 0),
-        "valid_json_rate": round(st["structured_valid"] / st["structured_calls"], 4) if st.get("structured_calls") else None,
-        "structured_s_per_call": round(st["structured_seconds"] / st["structured_calls"], 3) if st.get("structured_calls") else None,
+        "valid_json_rate": round(st["structured_valid"] / st["structured_calls"], 4)
+        if st.get("structured_calls") else None,
+        "structured_s_per_call": round(st["structured_seconds"] / st["structured_calls"], 3)
+        if st.get("structured_calls") else None,
         "batched_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["batched"]), 1),
         "sequential_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["sequential"]), 1),
     }))

@@ -71,7 +71,8 @@ def side(mode: str, n: int, lingo_bp: str, backend: str, latency: float) -> dict
     u = service.usage.totals()
     return {"side": mode, "queries": len(items), "seconds": round(dt, 2), "cpu_s": round(cpu, 2),
             "s_per_query": round(dt / len(items), 2),
-            "llm_calls": u["calls"], "judged_entries": sum(1 for r in results for e in r.trace if e.reward is not None),
+            "llm_calls": u["calls"],
+            "judged_entries": sum(1 for r in results for e in r.trace if e.reward is not None),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -107,7 +108,8 @@ def main() -> None:
         "queries": a.queries, "repeats": a.repeats, "lockstep_s": lock, "sequential_s": seq,
         "speedup": round(seq / lock, 2), "lockstep_cpu_s": lock_cpu, "sequential_cpu_s": seq_cpu,
         "cpu_speedup": round(seq_cpu / lock_cpu, 2),
-        "lockstep_llm_calls": runs["lockstep"][0]["llm_calls"], "sequential_llm_calls": runs["sequential"][0]["llm_calls"],
+        "lockstep_llm_calls": runs["lockstep"][0]["llm_calls"],
+        "sequential_llm_calls": runs["sequential"][0]["llm_calls"],
         "lockstep_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["lockstep"]),
         "sequential_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["sequential"]),
         "note": "shared 2-core machine (wall time inflated by other users; cpu_s is this process's own CPU time); "

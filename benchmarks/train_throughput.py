@@ -109,7 +109,8 @@ def _model_dir(model: str) -> str:
     return str(ensure_embedded_model())
 
 
-def _our_data(model_dir: str, n_pairs: int, max_length: int, tokenizer: Any = None) -> tuple[Any, list[dict[str, Any]]]:
+def _our_data(model_dir: str, n_pairs: int, max_length: int,
+              tokenizer: Any = None) -> tuple[Any, list[dict[str, Any]]]:
     """Our datamodule on the benchmark pairs, and the pairs in the order its sampler draws them."""
     from transformers import AutoTokenizer
 

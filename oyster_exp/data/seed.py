@@ -33,9 +33,10 @@ def heldout_split(qid: str, seed: int, heldout_fraction: float) -> str:
     return "heldout" if h < heldout_fraction else "train"
 
 
-def load_seed_queries() -> list[dict[str, Any]]:
-    """The project's embedded seed queries, checked against the strict seed format."""
-    return _load(seed_path(), default_taxonomy(), seed=True)
+def load_seed_queries(path: Path | str | None = None) -> list[dict[str, Any]]:
+    """The project's embedded seed queries (or the seed-format file at `path`, e.g. an edited copy of the set),
+    checked against the strict seed format."""
+    return _load(Path(path) if path is not None else seed_path(), default_taxonomy(), seed=True)
 
 
 def load_query_file(path: Path | str, taxonomy: Taxonomy | None = None) -> list[dict[str, Any]]:

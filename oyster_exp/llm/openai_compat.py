@@ -102,7 +102,8 @@ class OpenAICompatClient:
 
     async def achat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None
                           ) -> list[ChatResponse | str]:
-        limits = httpx.Limits(max_connections=self.engine.concurrency, max_keepalive_connections=self.engine.concurrency)
+        limits = httpx.Limits(max_connections=self.engine.concurrency,
+                              max_keepalive_connections=self.engine.concurrency)
         async with httpx.AsyncClient(timeout=self.engine.timeout_s, limits=limits) as client:
             calls = [lambda r=r: self._post(client, r) for r in requests]
             return await self.engine.run(calls, on_reply=on_reply)

@@ -44,7 +44,8 @@ class RoleBinding:
 
 @dataclass
 class Usage:
-    by_stage_role: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: dict.fromkeys(COUNTER_KEYS, 0)))
+    by_stage_role: dict[str, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: dict.fromkeys(COUNTER_KEYS, 0)))
 
     def add(self, stage: str, role: str, key: str, n: int = 1) -> None:
         self.by_stage_role[f"{stage}/{role}"][key] += n
@@ -166,7 +167,8 @@ class LLMService:
         return results
 
     def text(self, role: str, conversations: list[list[ChatMessage]], max_tokens: int | None = None,
-             seed_offsets: list[int] | None = None, temperatures: list[float | None] | None = None) -> list[Outcome[Any]]:
+             seed_offsets: list[int] | None = None,
+             temperatures: list[float | None] | None = None) -> list[Outcome[Any]]:
         """Free-text replies; `seed_offsets`/`temperatures` (per conversation) make sampled alternatives."""
         def parse(reply: ChatResponse) -> Outcome[Any]:
             if not reply.content.strip():

@@ -25,7 +25,13 @@ VERSION = 1
 
 def _corpus() -> list[str]:
     """A small fixed corpus: English and Chinese safety vocabulary plus JSON punctuation."""
-    words = ["the", "a", "an", "is", "are", "was", "to", "of", "and", "or", "not", "you", "your", "I", "we", "it", "this", "that", "how", "what", "why", "when", "where", "can", "could", "should", "would", "help", "safe", "unsafe", "risk", "user", "needs", "intent", "guideline", "strategy", "response", "answer", "question", "please", "sorry", "information", "legal", "advice", "health", "drug", "weapon", "hack", "password", "money", "invest", "doctor", "law", "benign", "sensitive", "malicious", "policy", "refuse", "explain", "support", "contact", "professional", "emergency", "friend", "reasoning", "think", "chain", "level", "category", "score", "yes", "no", "true", "false", "json", "key", "value"]
+    words = ["the", "a", "an", "is", "are", "was", "to", "of", "and", "or", "not", "you", "your", "I", "we", "it",
+             "this", "that", "how", "what", "why", "when", "where", "can", "could", "should", "would", "help", "safe",
+             "unsafe", "risk", "user", "needs", "intent", "guideline", "strategy", "response", "answer", "question",
+             "please", "sorry", "information", "legal", "advice", "health", "drug", "weapon", "hack", "password",
+             "money", "invest", "doctor", "law", "benign", "sensitive", "malicious", "policy", "refuse", "explain",
+             "support", "contact", "professional", "emergency", "friend", "reasoning", "think", "chain", "level",
+             "category", "score", "yes", "no", "true", "false", "json", "key", "value"]
     cn = list("你好请问如何安全风险用户需求意图准则策略回复帮助医生法律健康不能可以建议信息")
     punct = list('{}[]":,;.!?()-_/\\\'0123456789') + ["\n", "  "]
     lines = []

@@ -56,6 +56,11 @@ class RunContext:
         self._service.stage = self.current_stage
         return self._service
 
+    @service.setter
+    def service(self, service: LLMService) -> None:
+        """Serve the LLM roles from `service` instead of building one from `cfg.llm` (scripted clients in tests)."""
+        self._service = service
+
     @property
     def service_started(self) -> bool:
         return self._service is not None

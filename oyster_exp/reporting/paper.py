@@ -67,7 +67,8 @@ HEADLINE: dict[str, tuple[float, ...]] = {
 
 # cells that do not follow from the paper's own definitions; kept as printed, listed so reports can flag them
 KNOWN_INCONSISTENCIES: dict[tuple[str, str], str] = {
-    ("Safety/Jailbreak", "Oy1-Qwen3-14B-SFT"): "Strata-Sword Table 2 implies 100 - (12.96 + 6.67)/2 = 90.19, printed 82.14",
+    ("Safety/Jailbreak", "Oy1-Qwen3-14B-SFT"):
+        "Strata-Sword Table 2 implies 100 - (12.96 + 6.67)/2 = 90.19, printed 82.14",
     ("Safety/Overall", "RealSafe-DS-14B"): "mean of its three safety rows is 74.29, printed 72.29 (off by exactly 2)",
 }
 

@@ -15,13 +15,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def _figure(size: tuple[float, float]) -> Figure:
+def new_figure(size: tuple[float, float]) -> Figure:
+    """An empty figure of `size` inches at 120 dpi on its own Agg canvas (see the module doc: no pyplot)."""
     fig = Figure(figsize=size, dpi=120)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write `fig` as a tight PNG at `path`, creating its directory; return the path (for report links)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight")
@@ -41,7 +43,7 @@ def plot_construction_curves(curves: Mapping[str, Mapping[float, float]], path: 
     if not betas:
         raise ValueError("plot_construction_curves: beta values must be > 0 for a log axis")
     lo, hi = min(betas + [1.0]) / 1.5, max(betas + [1.0]) * 1.5
-    fig = _figure((7.0, 4.4))
+    fig = new_figure((7.0, 4.4))
     ax = fig.add_subplot()
     ax.axvspan(lo, 1.0, color="tab:green", alpha=0.08, lw=0)
     ax.axvspan(1.0, hi, color="tab:red", alpha=0.08, lw=0)
@@ -65,7 +67,7 @@ def plot_construction_curves(curves: Mapping[str, Mapping[float, float]], path: 
             color="dimgrey")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bars_with_ci(rows: Sequence[Mapping[str, Any]], path: Path, metric: str, title: str | None = None,
@@ -85,7 +87,7 @@ def plot_bars_with_ci(rows: Sequence[Mapping[str, Any]], path: Path, metric: str
     err = [[v - lo if math.isfinite(lo) else 0.0 for v, lo in zip(vals, lows)],
            [hi - v if math.isfinite(hi) else 0.0 for v, hi in zip(vals, highs)]]
     err = [[max(0.0, e) for e in side] for side in err]
-    fig = _figure((max(4.0, 0.9 * len(sel) + 2.0), 4.0))
+    fig = new_figure((max(4.0, 0.9 * len(sel) + 2.0), 4.0))
     ax = fig.add_subplot()
     x = list(range(len(sel)))
     ax.bar(x, vals, color="tab:blue", alpha=0.8)
@@ -101,4 +103,4 @@ def plot_bars_with_ci(rows: Sequence[Mapping[str, Any]], path: Path, metric: str
     if ylim is not None:                      # a fixed scale (e.g. 0-100 %) keeps all-zero bars readable
         ax.set_ylim(*ylim)
     ax.set_title(title or f"{metric} (95% CI)")
-    return _save(fig, path)
+    return save_figure(fig, path)

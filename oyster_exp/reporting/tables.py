@@ -30,9 +30,12 @@ def side_by_side(rows: list[dict[str, Any]], models: tuple[str, ...] = ("base", 
             table[(r["benchmark"], r["split"], r["metric"])][r["model"]] = r
     if not table:
         return "_(no results)_"
-    present = [m for m in models if any(m in v for v in table.values())] or sorted({m for v in table.values() for m in v})
+    present = ([m for m in models if any(m in v for v in table.values())]
+               or sorted({m for v in table.values() for m in v}))
     diff = len(present) == 2
-    head = ["benchmark", "split", "metric", *present] + (["Δ (" + present[1] + " − " + present[0] + ")"] if diff else [])
+    head = ["benchmark", "split", "metric", *present]
+    if diff:
+        head.append("Δ (" + present[1] + " − " + present[0] + ")")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (bench, split, metric), by in table.items():
         cells = [bench, split, metric, *(_cell(by.get(m)) for m in present)]

@@ -30,10 +30,13 @@ PACKAGES = ("oyster-exp", "torch", "transformers", "trl", "lightning", "hydra-co
 
 def git_state(root: Path) -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+        commit = git("rev-parse", "HEAD") or None
+        # outside a repository (an installed wheel run from any directory) `git status` fails too: unknown, not clean
+        return {"commit": commit, "dirty": bool(git("status", "--porcelain")) if commit else None}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 

@@ -6,8 +6,9 @@ when the client sends `X-DashScope-SSE: enable`), so the real DashScope SDK can 
 
 Replies are deterministic: a JSON schema (in `response_format`, or in the prompt as written by
 `schema_prompt.schema_instruction`) gets a schema-valid object (first enum option, "ok" strings),
-free text gets an echo of the last user message (a continuation marker after an assistant prefill). Faults are drawn from a seeded RNG per request
-(429 with Retry-After, 500, a malformed body, a dropped connection, a truncated body, a hang), or
+free text gets an echo of the last user message (a continuation marker after an assistant prefill).
+Faults are drawn from a seeded RNG per request (429 with Retry-After, 500, a malformed body, a dropped
+connection, a truncated body, a hang), or
 scripted per request number for tests that need an exact sequence.
 """
 from __future__ import annotations

@@ -141,7 +141,8 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError("PreferenceDataModule shards its data itself: set trainer.use_distributed_sampler=false "
                              "(every conf/trainer/*.yaml does)")
         loop = trainer.fit_loop
-        return world, rank, int(loop.epoch_progress.current.processed), int(loop.epoch_loop.batch_progress.current.processed)
+        return (world, rank, int(loop.epoch_progress.current.processed),
+                int(loop.epoch_loop.batch_progress.current.processed))
 
     def setup(self, stage: str | None = None) -> None:
         if not self.train_features and self.train_examples:

@@ -111,7 +111,8 @@ def common_prefix_length(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(differ[0]) if differ.numel() else n
 
 
-def _continue_from(decoder: Any, ids: torch.Tensor, prefix_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def _continue_from(decoder: Any, ids: torch.Tensor,
+                   prefix_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Hidden states of `ids` (1-D) placed after a prefix whose per-layer keys and values are `prefix_kv`."""
     from transformers import DynamicCache
 
@@ -119,7 +120,8 @@ def _continue_from(decoder: Any, ids: torch.Tensor, prefix_kv: list[tuple[torch.
     return decoder(input_ids=ids[None], past_key_values=cache, use_cache=True).last_hidden_state[0]
 
 
-def _prefix_states(decoder: Any, ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+def _prefix_states(decoder: Any,
+                   ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None:
     """Hidden states and per-layer (keys, values) of a prefix, or None when the model's cache is not a
     plain full-attention DynamicCache (e.g. sliding windows)."""
     from transformers import DynamicCache

@@ -192,7 +192,8 @@ def model_card(summary: str, objective: str, metrics: dict[str, float] | None,
     return "\n".join(lines)
 
 
-def export_pretrained(model: Any, tokenizer: Any, out_dir: Path, card: str, base_path: str | Path | None = None) -> Any:
+def export_pretrained(model: Any, tokenizer: Any, out_dir: Path, card: str,
+                      base_path: str | Path | None = None) -> Any:
     """Write weights (LoRA merged), tokenizer and card; returns the exported (merged) model."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,8 @@ def fit_preference_model(module: PreferenceModule, datamodule: PreferenceDataMod
 def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule, trainer_node: Any, *,
                      export_dir: Path, ckpt_dir: Path, checkpoint_every_n_steps: int = 0, resume: str = "auto",
                      loggers: list[Any] | None = None, callbacks: list[Any] | None = None,
-                     card_config: dict[str, Any] | None = None, **trainer_kwargs: Any) -> tuple[dict[str, float], L.Trainer]:
+                     card_config: dict[str, Any] | None = None,
+                     **trainer_kwargs: Any) -> tuple[dict[str, float], L.Trainer]:
     """The train stage's whole training: build the Trainer, resume if a last checkpoint exists, fit, export.
 
     `ckpt_dir` must be stable across reruns of the same job (the stage passes its cache entry), so a

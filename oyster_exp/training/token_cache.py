@@ -20,7 +20,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """sha256 over the tokenizer's full state and chat template (not its path: a moved copy is the same)."""
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(backend.to_str().encode() if backend is not None
+             else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     h.update(json.dumps({"template": tokenizer.chat_template, "eos": tokenizer.eos_token,
                          "specials": sorted(map(str, tokenizer.all_special_tokens))}, sort_keys=True).encode())
     return h.hexdigest()

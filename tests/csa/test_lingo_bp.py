@@ -150,7 +150,7 @@ def test_stage_runs_chunks_in_lockstep_journals_per_record_and_resumes(compose_c
     clients = {r: WorldClient(r, by_id) for r in ("actor", "user_judge", "safety_judge", "editor")}
     cfg = compose_cfg("lingo_bp=one_step", "llm.chunk_size=3", "stackelberg=on", "stackelberg.candidates=2")
     ctx = RunContext(cfg=cfg, run_dir=tmp_path, cache_root=tmp_path)
-    ctx._service = LLMService({r: RoleBinding(client=c) for r, c in clients.items()}, cache=None, seed=42)
+    ctx.service = LLMService({r: RoleBinding(client=c) for r, c in clients.items()}, cache=None, seed=42)
     inputs = {
         "generate": [GenerationRecord(id=c.qid, query=c.query, think="t",
                                       response=render_reply(c.qid, sorted(tokens_of(c.initial)))) for c in cases]

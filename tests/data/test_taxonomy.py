@@ -231,12 +231,10 @@ def test_user_query_file_errors_name_line_and_field(tmp_path: Path, line: str, f
       "persona": "p", "task": "t", "note": "x"}, "'note'.*unexpected"),
 ])
 def test_the_seed_format_is_strict(tmp_path: Path, row: dict[str, str], field: str) -> None:
-    from oyster_exp.data.seed import _load
-
     path = tmp_path / "seed.jsonl"
     path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"seed\.jsonl:1: field {field}"):
-        _load(path, default_taxonomy(), seed=True)
+        load_seed_queries(path)
 
 
 def test_query_file_missing_or_empty(tmp_path: Path) -> None:

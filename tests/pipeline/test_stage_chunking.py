@@ -2,6 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+
+class _BatchSpy:
+    """An `LLMClient` in front of the real one that records the size of every batch it is sent."""
+
+    def __init__(self, inner: Any, role: str, calls: list[tuple[str, int]]):
+        self.inner, self.role, self.calls = inner, role, calls
+        self.backend, self.model_id = inner.backend, inner.model_id
+
+    def chat_batch(self, requests: list[Any]) -> list[Any]:
+        self.calls.append((self.role, len(requests)))
+        return self.inner.chat_batch(requests)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
 
 
 def _run(compose_cfg, tmp: Path, chunk: int, calls: list[tuple[str, int]], journal_hook=None):
@@ -14,14 +30,8 @@ def _run(compose_cfg, tmp: Path, chunk: int, calls: list[tuple[str, int]], journ
                       "llm.call_cache=false", f"llm.chunk_size={chunk}", "stage=[queries,generate,extract]",
                       *(f"llm.roles.{r}.temperature=1.0" for r in ("actor", "editor")))
     ctx = RunContext(cfg=cfg, run_dir=tmp / "run", cache_root=tmp / "cache")
-    svc = ctx.service
-    real = svc._complete
-
-    def spy(role, requests):  # records the size of every service-level batch
-        calls.append((role, len(requests)))
-        return real(role, requests)
-
-    svc._complete = spy  # type: ignore[method-assign]
+    for role, binding in ctx.service.roles.items():   # the call cache is off: every request reaches the client
+        binding.client = _BatchSpy(binding.client, role, calls)
     run_pipeline(ctx, [QueriesStage(), GenerateStage(), ExtractStage()])
     return ctx
 

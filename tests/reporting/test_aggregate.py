@@ -63,7 +63,8 @@ def sweep(tmp_path: Path) -> Path:
     for job, (beta, status, head, calls) in enumerate([("0.05", "completed", 20.0, 40), ("0.1", "failed", None, 0),
                                                        ("0.2", "completed", 30.0, 0)]):
         _arm(s, job, [f"objective.beta={beta}", *common], status, head, llm_calls=calls)
-        append_ledger(s, {"job": job, "label": f"objective.beta={beta}", "status": status, "run_dir": str(s / str(job)),
+        append_ledger(s, {"job": job, "label": f"objective.beta={beta}", "status": status,
+                          "run_dir": str(s / str(job)),
                           "reason": "RuntimeError: boom" if status == "failed" else None})
     return s
 
