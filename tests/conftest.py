@@ -32,7 +32,7 @@ def compose_cfg():
     import oyster_exp.run.cli  # noqa: F401 - registers the schema and resolvers
     from oyster_exp.run.components import register_all
 
-    register_all()  # what the CLI does at import; explicit so the helper does not rely on that
+    register_all()   # the component schemas (idempotent; the CLI module does it at import too)
 
     def _compose(*overrides: str):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -43,27 +43,69 @@ def target_of(cls: type) -> str:
 def component_schema(cls: type, target: str | None = None) -> type:
     """`cls`'s fields plus `_target_` (default: `cls` itself), as a dataclass Hydra can store.
 
-    The schema is always mutable, even for a frozen component: OmegaConf makes the node of a frozen
-    dataclass read-only, and the option YAML and the command line must be able to set its knobs.
-    `instantiate` then builds the component class itself (frozen or not) from the composed node.
+    The schema mirrors the fields instead of subclassing `cls`: OmegaConf makes the node of a frozen
+    dataclass read-only, so command-line overrides (`pairs.min_margin=0.2`) would fail on a frozen
+    component. A field typed with another dataclass gets that dataclass's schema (with its own
+    `_target_`), so `instantiate` builds the nested settings object too. A static
+    `check_config(node, key)` on `cls` is carried over: `config.structured.validate_config` calls it
+    with the composed node for the checks ranges cannot express.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__qualname__}: a component's settings must be a dataclass")
-    if not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
-        return dataclasses.make_dataclass(
-            f"{cls.__name__}Schema", [("_target_", str, dataclasses.field(default=target or target_of(cls)))],
-            bases=(cls,))
+    cached = _SCHEMAS.get((cls, target))
+    if cached is not None:
+        return cached
     hints = typing.get_type_hints(cls)
-    copied = []
+    specs: list[Any] = [("_target_", str, dataclasses.field(default=target or target_of(cls)))]
     for f in dataclasses.fields(cls):
-        kw: dict[str, Any] = {"metadata": f.metadata}
-        if f.default is not dataclasses.MISSING:
-            kw["default"] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            kw["default_factory"] = f.default_factory
-        copied.append((f.name, hints[f.name], dataclasses.field(**kw)))
-    return dataclasses.make_dataclass(
-        f"{cls.__name__}Schema", [*copied, ("_target_", str, dataclasses.field(default=target or target_of(cls)))])
+        if not f.init:
+            continue
+        tp = hints.get(f.name, Any)
+        nested = _dataclass_in(tp)
+        if nested is not None:
+            sub = component_schema(nested)
+            tp = sub | None if _is_optional(tp) else sub
+        specs.append((f.name, tp, _mirror_field(f)))
+    # a component's own cross-field checks (`check_config(node, key)`), run by validate_config
+    check = getattr(cls, "check_config", None)
+    namespace = {"check_config": staticmethod(check)} if callable(check) else {}
+    schema = dataclasses.make_dataclass(f"{cls.__name__}Schema", specs, namespace=namespace)
+    schema.__doc__ = cls.__doc__
+    _SCHEMAS[(cls, target)] = schema
+    return schema
+
+
+_SCHEMAS: dict[tuple[type, str | None], type] = {}
+
+
+def _is_optional(tp: Any) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass a field is typed with (`X` or `X | None`), else None."""
+    for t in (tp, *typing.get_args(tp)):
+        if isinstance(t, type) and dataclasses.is_dataclass(t):
+            return t
+    return None
+
+
+def _mirror(value: Any) -> Any:
+    """A dataclass instance as an instance of its schema (field by field); other values unchanged."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        sub = component_schema(type(value))
+        return sub(**{f.name: _mirror(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init})
+    return value
+
+
+def _mirror_field(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        factory = f.default_factory
+        return dataclasses.field(default_factory=lambda: _mirror(factory()), metadata=f.metadata)
+    if dataclasses.is_dataclass(f.default) and not isinstance(f.default, type):
+        default = f.default
+        return dataclasses.field(default_factory=lambda: _mirror(default), metadata=f.metadata)
+    return dataclasses.field(default=f.default, metadata=f.metadata)
 
 
 def register_component(group: str, name: str, cls: type, target: str | None = None) -> None:

@@ -15,17 +15,6 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from oyster_exp.config.errors import ConfigError
 
-# The safety chain's nodes by name (z_u, z_I, z_G, then the two strategy lists): what
-# `lingo_bp.unfrozen.<mode>` may list; `csa.chain.SafetyChain` has one field per name.
-NODE_NAMES: tuple[str, ...] = ("user_needs", "risk_intent", "safety_guidelines", "usefulness_strategies",
-                               "safety_strategies")
-
-
-class LingoMode(str, Enum):
-    user = "user"
-    developer = "developer"
-    both = "both"
-
 
 class ResumeMode(str, Enum):
     auto = "auto"                  # continue from the train stage's last.ckpt when one exists
@@ -35,25 +24,6 @@ class ResumeMode(str, Enum):
 class Quantization(str, Enum):
     none = "none"                  # LoRA on the model in its own dtype
     nf4 = "nf4"                    # QLoRA: 4-bit NormalFloat base weights (bitsandbytes, CUDA only)
-
-
-class PairPolicy(str, Enum):
-    best_vs_initial = "best_vs_initial"
-    best_vs_worst = "best_vs_worst"
-    all_improving = "all_improving"          # every trace entry that beats the initial one, against it
-    refusal_as_rejected = "refusal_as_rejected"  # chosen = best entry, rejected = a canned refusal
-
-
-class RiskDimension(str, Enum):
-    category = "category"
-    level = "level"
-    intent = "intent"
-    follower = "follower"                    # posterior over follower types (benign/sensitive/malicious)
-
-
-class FollowerPrior(str, Enum):
-    by_level = "by_level"                    # p(theta | assessed level) from risk.follower.prior_by_level
-    uniform = "uniform"                      # every follower type equally likely a priori
 
 
 def _r(ge: float | None = None, le: float | None = None, gt: float | None = None) -> dict[str, float]:
@@ -90,100 +60,6 @@ class LLMConfig:
 
 
 @dataclass
-class FollowerModelConfig:
-    prior: FollowerPrior = FollowerPrior.by_level
-    prior_by_level: dict[str, dict[str, float]] = field(default_factory=lambda: {
-        "R0": {"benign": 0.85, "sensitive": 0.12, "malicious": 0.03},
-        "R1": {"benign": 0.30, "sensitive": 0.60, "malicious": 0.10},
-        "R2": {"benign": 0.05, "sensitive": 0.15, "malicious": 0.80},
-        "unknown": {"benign": 1.0, "sensitive": 1.0, "malicious": 1.0}})
-    likelihood_scale: dict[str, float] = field(default_factory=lambda: {
-        "very_unlikely": 0.05, "unlikely": 0.25, "possible": 0.5, "likely": 0.75, "very_likely": 0.95})
-    likelihood_weight: float = field(default=1.0, metadata=_r(ge=0.0))
-
-
-@dataclass
-class RiskConfig:
-    name: str = MISSING
-    dimensions: list[RiskDimension] = field(default_factory=lambda: list(RiskDimension))
-    taxonomy_path: str | None = None      # the authors' xlsx layout; None = the project's taxonomy
-    max_secondary: int = field(default=2, metadata=_r(ge=0, le=8))   # secondary categories besides the primary
-    score_scale: dict[str, float] = field(       # category-score words the assessor picks from -> score
-        default_factory=lambda: {"high": 1.0, "medium": 0.6, "low": 0.3})
-    follower: FollowerModelConfig = field(default_factory=lambda: FollowerModelConfig())
-
-
-@dataclass
-class StackelbergConfig:
-    name: str = MISSING
-    enabled: bool = False
-    candidates: int = field(default=1, metadata=_r(ge=1))
-    alpha: float = field(default=1.0, metadata=_r(ge=0.0))
-    beta: float = field(default=1.0, metadata=_r(ge=0.0))
-    gamma: float = field(default=0.0, metadata=_r(ge=0.0))
-    temperature: float = field(default=0.7, metadata=_r(ge=0.0))   # sampling temperature of candidates 2..K
-    retention_by_type: dict[str, float] = field(
-        default_factory=lambda: {"benign": 1.0, "sensitive": 1.0, "malicious": 0.0})
-    risk_by_type: dict[str, float] = field(
-        default_factory=lambda: {"benign": 1.0, "sensitive": 1.0, "malicious": 2.0})
-
-
-class SimilarityName(str, Enum):
-    exact = "exact"                          # only identical strategies match: edits are adds and deletes
-    jaccard = "jaccard"                      # word (CJK: bigram) overlap
-    simhash = "simhash"                      # 64-bit simhash, as the paper's code
-    embedding = "embedding"                  # cosine of mean-pooled input embeddings of the base model
-
-
-@dataclass
-class UnfrozenConfig:
-    """Chain nodes each Lingo-BP mode may change; every other node is copied (frozen)."""
-    user: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies"])
-    developer: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies", "safety_strategies"])
-    both: list[str] = field(default_factory=lambda: ["user_needs", "usefulness_strategies", "safety_strategies"])
-
-
-@dataclass
-class PearlPoint:
-    """Scores at which a mode stops early; None = not required."""
-    satisfaction: float | None = field(default=1.0, metadata=_r(ge=-1.0, le=1.0))
-    safety: float | None = field(default=1.0, metadata=_r(ge=0.0, le=1.0))
-
-
-@dataclass
-class EarlyStopConfig:
-    enabled: bool = True
-    user: PearlPoint = field(default_factory=lambda: PearlPoint(satisfaction=1.0, safety=None))
-    developer: PearlPoint = field(default_factory=lambda: PearlPoint(satisfaction=None, safety=1.0))
-    both: PearlPoint = field(default_factory=PearlPoint)
-
-
-@dataclass
-class LingoBPConfig:
-    name: str = MISSING
-    iterations: list[LingoMode] = field(default_factory=lambda: [LingoMode.both] * 3)
-    max_epochs: int | None = field(default=None, metadata=_r(ge=0))  # run only the first N entries (debug=fast: 1)
-    max_strategy_changes: int = field(default=2, metadata=_r(ge=0))
-    similarity: SimilarityName = SimilarityName.simhash
-    replace_threshold: float | None = field(default=None, metadata=_r(ge=0.0, le=1.0))
-    unfrozen: UnfrozenConfig = field(default_factory=UnfrozenConfig)
-    regression_guard: bool = True
-    later_wins_ties: bool = True          # the best trace entry on equal rewards: the latest (false: the earliest)
-    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    satisfaction_weight: float = field(default=1.0, metadata=_r(ge=0.0))
-    safety_weight: float = field(default=1.0, metadata=_r(ge=0.0))
-
-
-@dataclass
-class PairsConfig:
-    name: str = MISSING
-    policy: PairPolicy = PairPolicy.best_vs_initial
-    min_margin: float = field(default=0.0, metadata=_r(ge=0.0))
-    include_think: bool = True
-    require_safe_chosen: bool = False     # drop pairs whose chosen entry is not judged fully safe (1.0)
-    refusal_reward: float | None = None   # refusal_as_rejected: the reward a refusal is assumed to get (None: no margin)
-    dedupe: bool = True                   # keep identical (prompt, chosen, rejected) once
-    sft_export: bool = True               # write files/sft.jsonl (prompt + chosen completion)
 
 
 @dataclass
@@ -347,10 +223,11 @@ class Config:
     model: Any = MISSING                  # a model source component (conf/model; oyster_exp.models.sources)
     llm: LLMConfig = field(default_factory=LLMConfig)
     data: Any = MISSING                   # a query source component (conf/data; oyster_exp.data.sources)
-    risk: RiskConfig = field(default_factory=RiskConfig)
-    stackelberg: StackelbergConfig = field(default_factory=StackelbergConfig)
-    lingo_bp: LingoBPConfig = field(default_factory=LingoBPConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
+    # component groups: the node is the schema registered by the component's module (oyster_exp.run.components)
+    risk: Any = MISSING                   # csa.assessment.RiskSettings
+    stackelberg: Any = MISSING            # a csa.stackelberg.LeaderRule
+    lingo_bp: Any = MISSING               # csa.lingo_bp.LingoBPSettings (with similarity and recombiner components)
+    pairs: Any = MISSING                  # a csa.pairs.PairPolicy
     objective: Any = MISSING              # a TrainingLoss component (conf/objective; training.objectives)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -381,11 +258,15 @@ def _check_ranges(node: Any, prefix: str = "") -> None:
     The schema comes from the node itself (`OmegaConf.get_type`), so a component group whose root
     field is `Any` (model, data, objective, ...) is still checked against its option's dataclass,
     and `dict[str, RoleConfig]` entries against `RoleConfig`. Interpolations and missing values are
-    skipped: they are checked when they resolve.
+    skipped: they are checked when they resolve. A schema with a static `check_config(node, key)`
+    (a component's cross-field checks) is called with its node.
     """
     if not isinstance(node, DictConfig):
         return
     schema = OmegaConf.get_type(node)
+    hook = getattr(schema, "check_config", None)   # a component's own cross-field checks
+    if callable(hook):
+        hook(node, prefix)
     ranged = {f.name: f.metadata for f in fields(schema) if f.metadata} if is_dataclass(schema) else {}
     for name in node:
         name = str(name)
@@ -449,38 +330,6 @@ def _check_peft(cfg: DictConfig) -> None:
                           "trainer=gpu (or ddp) on a GPU machine, or peft=lora on CPU")
 
 
-def _check_unfrozen(lb: Any) -> None:
-    for mode in LingoMode:
-        for node in lb.unfrozen[mode.value]:
-            if node not in NODE_NAMES:
-                raise ConfigError(f"lingo_bp.unfrozen.{mode.value}",
-                                  f"unknown chain node {node!r}; choose from {', '.join(NODE_NAMES)}")
-
-
-def _check_risk(risk: Any) -> None:
-    """The assessor's scales and the follower prior table must be usable probabilities/scores."""
-    follower_types = ("benign", "sensitive", "malicious")
-    if not risk.score_scale:
-        raise ConfigError("risk.score_scale", "needs at least one word -> score entry")
-    for word, v in risk.score_scale.items():
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"risk.score_scale.{word}", f"must be in [0, 1], got {v}")
-    fol = risk.follower
-    if len(fol.likelihood_scale) < 2:
-        raise ConfigError("risk.follower.likelihood_scale", "needs at least two words")
-    for word, v in fol.likelihood_scale.items():
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"risk.follower.likelihood_scale.{word}", f"must be in [0, 1], got {v}")
-    for level, row in fol.prior_by_level.items():
-        key = f"risk.follower.prior_by_level.{level}"
-        if level not in ("R0", "R1", "R2", "unknown"):
-            raise ConfigError(key, "rows are R0, R1, R2 and unknown")
-        if set(row) != set(follower_types):
-            raise ConfigError(key, f"needs exactly the follower types {list(follower_types)}, got {sorted(row)}")
-        if any(v < 0 for v in row.values()) or sum(row.values()) <= 0:
-            raise ConfigError(key, "weights must be >= 0 with a positive sum")
-
-
 def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
     """Range and cross-field checks that OmegaConf's type system cannot express."""
     for group in ("model", "data", "objective"):
@@ -522,8 +371,6 @@ def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
             raise ConfigError("eval.strata_sword.levels", f"levels are 1, 2, 3, got {lvl!r}")
     _check_trainer(cfg.trainer)
     _check_peft(cfg)
-    _check_risk(cfg.risk)
-    _check_unfrozen(cfg.lingo_bp)
     for required in ("actor", "user_judge", "safety_judge", "editor"):
         if required not in cfg.llm.roles:
             raise ConfigError(f"llm.roles.{required}", "missing role; every LLM role needs a client")
@@ -531,14 +378,3 @@ def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
         for key in cfg:
             if key not in ("logger",):  # logger nodes use ${hydra:...}, resolved inside the job
                 OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-
-
-def lingo_schedule(lb: Any) -> list[str]:
-    """The Lingo-BP epochs that run: `iterations`, cut to `max_epochs` when set.
-
-    A cap rather than a replaced list, so that smoke runs of a schedule ablation (debug=fast) still
-    differ per arm: off stays [], user_only becomes [user], developer_only [developer].
-    """
-    modes = [str(getattr(m, "value", m)) for m in lb.iterations]
-    cap = lb.get("max_epochs") if hasattr(lb, "get") else getattr(lb, "max_epochs", None)
-    return modes if cap is None else modes[: int(cap)]

@@ -9,53 +9,107 @@ prior(theta | level) * likelihood(theta) ** weight, where the likelihood of each
 of the word the assessor picked for it. Names come back from remote models in many shapes (CN,
 "prefix-Name", case); they are mapped through the taxonomy before validation, and anything that
 matches no category becomes "Unknown Risk", never a KeyError.
+
+`RiskSettings` (with its `FollowerModel`) is the structured config of the `risk` group, registered
+here: the follower model's defaults (prior table, likelihood words) are written once, below.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
+from oyster_exp.config.components import ge, register_component, rng
+from oyster_exp.config.errors import ConfigError
 from oyster_exp.csa.replies import NO_RISK, RiskAssessment
 from oyster_exp.csa.stackelberg import FOLLOWER_TYPES, normalise_posterior, uniform_posterior
 from oyster_exp.data.taxonomy import UNKNOWN, IntentType, RiskLevel, Taxonomy
 
-DIMENSIONS: tuple[str, ...] = ("category", "level", "intent", "follower")
 LIKELIHOOD_FIELD = {t: f"{t}_user" for t in FOLLOWER_TYPES}   # reply keys: benign_user, sensitive_user, ...
 UNKNOWN_LEVEL_ROW = "unknown"
 
 
+class RiskDimension(str, Enum):
+    category = "category"          # a primary category plus up to max_secondary secondaries, with scores
+    level = "level"                # R0 benign / R1 risky / R2 adversarial
+    intent = "intent"              # one of five intent types
+    follower = "follower"          # posterior over follower types (benign/sensitive/malicious)
+
+
+class FollowerPrior(str, Enum):
+    by_level = "by_level"          # p(theta | assessed level) from `prior_by_level`
+    uniform = "uniform"            # every follower type equally likely a priori
+
+
 @dataclass(frozen=True)
-class AssessSettings:
-    dimensions: tuple[str, ...] = DIMENSIONS
-    max_secondary: int = 2
-    score_scale: Mapping[str, float] = field(default_factory=lambda: {"high": 1.0, "medium": 0.6, "low": 0.3})
-    prior: str = "by_level"                       # by_level | uniform
-    prior_by_level: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    likelihood_scale: Mapping[str, float] = field(default_factory=lambda: {
+class FollowerModel:
+    """p(theta|x) proportional to prior(theta | level) * likelihood(theta) ** likelihood_weight."""
+
+    prior: FollowerPrior = FollowerPrior.by_level
+    prior_by_level: dict[str, dict[str, float]] = field(default_factory=lambda: {
+        "R0": {"benign": 0.85, "sensitive": 0.12, "malicious": 0.03},
+        "R1": {"benign": 0.30, "sensitive": 0.60, "malicious": 0.10},
+        "R2": {"benign": 0.05, "sensitive": 0.15, "malicious": 0.80},
+        UNKNOWN_LEVEL_ROW: {"benign": 1.0, "sensitive": 1.0, "malicious": 1.0}})
+    likelihood_scale: dict[str, float] = field(default_factory=lambda: {
         "very_unlikely": 0.05, "unlikely": 0.25, "possible": 0.5, "likely": 0.75, "very_likely": 0.95})
-    likelihood_weight: float = 1.0
+    likelihood_weight: float = field(default=1.0, metadata=ge(0.0))
+
+
+@dataclass(frozen=True)
+class RiskSettings:
+    """The `risk` group (conf/risk/full.yaml documents every knob); `name` is the option's display name."""
+
+    name: str = "full"
+    dimensions: list[RiskDimension] = field(default_factory=lambda: list(RiskDimension))
+    taxonomy_path: str | None = None      # the authors' xlsx layout; None = the project's taxonomy
+    max_secondary: int = field(default=2, metadata=rng(ge=0, le=8))   # secondary categories besides the primary
+    score_scale: dict[str, float] = field(       # category-score words the assessor picks from -> score
+        default_factory=lambda: {"high": 1.0, "medium": 0.6, "low": 0.3})
+    follower: FollowerModel = field(default_factory=FollowerModel)
+
+    @property
+    def dimension_names(self) -> list[str]:
+        """The active dimensions as plain names, in config order."""
+        return [str(getattr(d, "value", d)) for d in self.dimensions]
 
     @property
     def asks_anything(self) -> bool:
-        return any(d in self.dimensions for d in DIMENSIONS)
+        return bool(self.dimensions)
 
-    @classmethod
-    def from_cfg(cls, risk: Any) -> AssessSettings:
-        """From the `risk` config node (see conf/risk/full.yaml)."""
-        fol = risk.follower
-        return cls(
-            dimensions=tuple(str(getattr(d, "value", d)) for d in risk.dimensions),
-            max_secondary=int(risk.max_secondary),
-            score_scale={str(k): float(v) for k, v in risk.score_scale.items()},
-            prior=str(getattr(fol.prior, "value", fol.prior)),
-            prior_by_level={str(lv): {str(t): float(w) for t, w in row.items()}
-                            for lv, row in fol.prior_by_level.items()},
-            likelihood_scale={str(k): float(v) for k, v in fol.likelihood_scale.items()},
-            likelihood_weight=float(fol.likelihood_weight),
-        )
+    def asks(self, dimension: str) -> bool:
+        return dimension in self.dimension_names
+
+    @staticmethod
+    def check_config(node: Any, key: str) -> None:
+        """Called by `config.structured.validate_config`: the scales and the prior table must be usable."""
+        if not node.score_scale:
+            raise ConfigError(f"{key}.score_scale", "needs at least one word -> score entry")
+        for word, v in node.score_scale.items():
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{key}.score_scale.{word}", f"must be in [0, 1], got {v}")
+        fol = node.follower
+        if len(fol.likelihood_scale) < 2:
+            raise ConfigError(f"{key}.follower.likelihood_scale", "needs at least two words")
+        for word, v in fol.likelihood_scale.items():
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{key}.follower.likelihood_scale.{word}", f"must be in [0, 1], got {v}")
+        for level, row in fol.prior_by_level.items():
+            k = f"{key}.follower.prior_by_level.{level}"
+            if level not in ("R0", "R1", "R2", UNKNOWN_LEVEL_ROW):
+                raise ConfigError(k, f"rows are R0, R1, R2 and {UNKNOWN_LEVEL_ROW}")
+            if set(row) != set(FOLLOWER_TYPES):
+                raise ConfigError(k, f"needs exactly the follower types {list(FOLLOWER_TYPES)}, got {sorted(row)}")
+            if any(v < 0 for v in row.values()) or sum(row.values()) <= 0:
+                raise ConfigError(k, "weights must be >= 0 with a positive sum")
+
+
+register_component("risk", "settings", RiskSettings)
+
+DIMENSIONS: tuple[str, ...] = tuple(d.value for d in RiskDimension)
 
 
 def _word(v: Any) -> Any:
@@ -103,12 +157,12 @@ class _AssessBase(BaseModel):
         return out
 
 
-def reply_model(tax: Taxonomy, s: AssessSettings) -> type[BaseModel]:
+def reply_model(tax: Taxonomy, s: RiskSettings) -> type[BaseModel]:
     """The assessor's flat reply schema with only the active dimensions, in decoding order."""
     names = tuple(tax.names_en())
     score_words = tuple(s.score_scale)
     spec: dict[str, Any] = {}
-    if "category" in s.dimensions:
+    if s.asks("category"):
         spec["category"] = (Literal[(NO_RISK, *names, UNKNOWN)], ...)  # type: ignore[valid-type]
         spec["category_score"] = (Literal[score_words], ...)  # type: ignore[valid-type]
         if s.max_secondary > 0:
@@ -117,12 +171,12 @@ def reply_model(tax: Taxonomy, s: AssessSettings) -> type[BaseModel]:
                                                              max_length=s.max_secondary))
             spec["secondary_scores"] = (list[Literal[score_words]], Field(  # type: ignore[valid-type]
                 default_factory=list, min_length=0, max_length=s.max_secondary))
-    if "level" in s.dimensions:
+    if s.asks("level"):
         spec["level"] = (Literal[tuple(x.value for x in RiskLevel)], ...)  # type: ignore[valid-type]
-    if "intent" in s.dimensions:
+    if s.asks("intent"):
         spec["intent"] = (Literal[tuple(x.value for x in IntentType)], ...)  # type: ignore[valid-type]
-    if "follower" in s.dimensions:
-        words = tuple(s.likelihood_scale)
+    if s.asks("follower"):
+        words = tuple(s.follower.likelihood_scale)
         for t in FOLLOWER_TYPES:
             spec[LIKELIHOOD_FIELD[t]] = (Literal[words], ...)  # type: ignore[valid-type]
     model = create_model("AssessReply", __base__=_AssessBase, **spec)
@@ -131,26 +185,28 @@ def reply_model(tax: Taxonomy, s: AssessSettings) -> type[BaseModel]:
     return model
 
 
-def follower_prior(level: str | None, s: AssessSettings) -> dict[str, float]:
+def follower_prior(level: str | None, s: RiskSettings) -> dict[str, float]:
     """p(theta | level): the configured row (row "unknown" without a level), or uniform."""
-    if s.prior == "uniform":
+    fol = s.follower
+    if str(getattr(fol.prior, "value", fol.prior)) == FollowerPrior.uniform.value:
         return uniform_posterior()
-    row = s.prior_by_level.get(level or UNKNOWN_LEVEL_ROW) or s.prior_by_level.get(UNKNOWN_LEVEL_ROW)
+    row = fol.prior_by_level.get(level or UNKNOWN_LEVEL_ROW) or fol.prior_by_level.get(UNKNOWN_LEVEL_ROW)
     return normalise_posterior(row)
 
 
-def follower_posterior(level: str | None, likelihoods: Mapping[str, str] | None, s: AssessSettings
+def follower_posterior(level: str | None, likelihoods: Mapping[str, str] | None, s: RiskSettings
                        ) -> dict[str, float]:
     """p(theta | x) proportional to prior(theta | level) * L(theta) ** weight; the prior alone without ratings."""
     prior = follower_prior(level, s)
     if not likelihoods:
         return prior
-    post = {t: prior[t] * s.likelihood_scale.get(str(likelihoods.get(t)), 1.0) ** s.likelihood_weight
+    fol = s.follower
+    post = {t: prior[t] * fol.likelihood_scale.get(str(likelihoods.get(t)), 1.0) ** fol.likelihood_weight
             for t in FOLLOWER_TYPES}
     return normalise_posterior(post) if sum(post.values()) > 0 else prior
 
 
-def _categories(v: Mapping[str, Any], s: AssessSettings) -> list[dict[str, Any]]:
+def _categories(v: Mapping[str, Any], s: RiskSettings) -> list[dict[str, Any]]:
     """Primary first, then secondaries by score (stable); duplicates and No Risk dropped."""
     primary = v.get("category")
     if not primary or primary == NO_RISK:
@@ -171,17 +227,17 @@ def _categories(v: Mapping[str, Any], s: AssessSettings) -> list[dict[str, Any]]
     return out
 
 
-def to_assessment(reply: BaseModel | Mapping[str, Any] | None, s: AssessSettings) -> RiskAssessment:
+def to_assessment(reply: BaseModel | Mapping[str, Any] | None, s: RiskSettings) -> RiskAssessment:
     """The risk vector from a validated reply (None when no dimension is asked)."""
     v: Mapping[str, Any] = (reply.model_dump() if isinstance(reply, BaseModel) else dict(reply or {}))
-    level = v.get("level") if "level" in s.dimensions else None
+    level = v.get("level") if s.asks("level") else None
     likelihoods = ({t: v.get(LIKELIHOOD_FIELD[t]) for t in FOLLOWER_TYPES}
-                   if "follower" in s.dimensions else None)
+                   if s.asks("follower") else None)
     return RiskAssessment(
-        category=v.get("category") if "category" in s.dimensions else None,
+        category=v.get("category") if s.asks("category") else None,
         level=level,
-        intent=v.get("intent") if "intent" in s.dimensions else None,
-        categories=_categories(v, s) if "category" in s.dimensions else [],
+        intent=v.get("intent") if s.asks("intent") else None,
+        categories=_categories(v, s) if s.asks("category") else [],
         follower_posterior=follower_posterior(level, likelihoods, s),
     )
 

@@ -12,6 +12,11 @@ from pydantic import BaseModel, Field
 
 Lang = Literal["en", "cn"]
 
+# The chain's nodes by name (z_u, z_I, z_G, then the two strategy lists): what `lingo_bp.unfrozen.<mode>`
+# may list; `SafetyChain` has one field per name.
+NODE_NAMES: tuple[str, ...] = ("user_needs", "risk_intent", "safety_guidelines", "usefulness_strategies",
+                               "safety_strategies")
+
 _LABELS: dict[str, dict[str, str]] = {
     "en": {
         "user_needs": "User needs",

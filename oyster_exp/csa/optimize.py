@@ -13,49 +13,36 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.lingo_bp import EditItem, EditSettings, Rejected, backprop
+from oyster_exp.csa.lingo_bp import EditItem, EditSettings, PearlPoint, Recombiner, Rejected, backprop
 from oyster_exp.csa.players import JudgeItem, judge_safety, judge_user
-from oyster_exp.csa.prompts import render
 from oyster_exp.csa.records import TraceCandidate, TraceEntry
 from oyster_exp.csa.replies import SafetyJudgement, UserJudgement
-from oyster_exp.csa.stackelberg import CandidateOutcome, PayoffWeights, choose, expected_payoff, normalise_posterior
+from oyster_exp.csa.stackelberg import CandidateOutcome, LeaderRule, SingleCandidate, normalise_posterior
+from oyster_exp.csa.strategies import JaccardSimilarity
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService
 
 SEED_STRIDE = 1000   # candidate k samples with seed + k * SEED_STRIDE (retries add 1, 2, ...: no overlap)
 
 
-@dataclass(frozen=True)
-class PearlPoint:
-    """Scores at which a mode's loop stops; None = not required."""
-    satisfaction: float | None = 1.0
-    safety: float | None = 1.0
-
-    def reached(self, entry: TraceEntry) -> bool:
-        if self.satisfaction is not None and (entry.user is None or entry.user.score < self.satisfaction):
-            return False
-        return not (self.safety is not None and (entry.safety is None or entry.safety.score < self.safety))
-
-
 @dataclass
 class LoopSettings:
     iterations: list[str]
-    edit: EditSettings = field(default_factory=lambda: EditSettings(unfrozen={}))
+    edit: EditSettings = field(default_factory=lambda: EditSettings(unfrozen={}, max_changes=2,
+                                                                    similarity=JaccardSimilarity()))
+    recombiner: Recombiner = field(default_factory=Recombiner)   # edited chain -> the actor's prompt
     w_satisfaction: float = 1.0
     w_safety: float = 1.0
     regression_guard: bool = True
     later_wins_ties: bool = True                           # best entry on equal rewards: the latest (else earliest)
     early_stop: Mapping[str, PearlPoint] | None = None     # mode -> pearl point; None = run the whole schedule
-    stackelberg: bool = False
-    candidates: int = 1                                    # K (stackelberg only)
-    weights: PayoffWeights = field(default_factory=PayoffWeights)
-    temperature: float = 0.7                               # sampling temperature of candidates 2..K
+    leader: LeaderRule = field(default_factory=SingleCandidate)   # picks each step's reply among K candidates
     actor_max_tokens: int = 128                            # Cost = response tokens / this
     system_prompt: str = ""                                # the actor's system prompt of the generate stage
 
     @property
     def k(self) -> int:
-        return max(1, self.candidates) if self.stackelberg else 1
+        return max(1, self.leader.candidates)
 
 
 @dataclass
@@ -108,13 +95,6 @@ def start_index(trace: Sequence[TraceEntry], guard: bool) -> int:
     return best if trace[last].reward < trace[best].reward else last  # type: ignore[operator]
 
 
-def recombine_messages(chain: SafetyChain, query: str, lang: str) -> tuple[str, list[ChatMessage]]:
-    """The chain rendered as reasoning (the collapsed no-risk chain for benign queries) and the prompt."""
-    think = chain.render(lang)
-    return think, [ChatMessage(role="system", content=render("recombine", lang, plan=think)),
-                   ChatMessage(role="user", content=query)]
-
-
 @dataclass
 class _Draft:
     """A step's candidates for one query, before judging."""
@@ -138,7 +118,7 @@ def _sample(service: LLMService, convs: list[list[ChatMessage]], s: LoopSettings
     k = s.k
     flat = [c for c in convs for _ in range(k)]
     offsets = [j * SEED_STRIDE for _ in convs for j in range(k)]
-    temps: list[float | None] = [None if j == 0 else s.temperature for _ in convs for j in range(k)]
+    temps: list[float | None] = [None if j == 0 else s.leader.temperature for _ in convs for j in range(k)]
     outs = service.text("actor", flat, seed_offsets=offsets if k > 1 else None, temperatures=temps if k > 1 else None)
     res = [(o.text, o.completion_tokens, o.failure, service.seed + off) for o, off in zip(outs, offsets)]
     return [res[i * k:(i + 1) * k] for i in range(len(convs))]
@@ -174,11 +154,11 @@ def _judge_drafts(service: LLMService, drafts: list[_Draft], s: LoopSettings) ->
             if uv is not None and sv is not None:
                 out = _outcome(uv, sv, d.tokens[j], s)
                 c.satisfaction, c.risk = out.satisfaction, out.risk
-                c.payoff = expected_payoff(out, posterior, s.weights)
+                c.payoff = s.leader.payoff(out, posterior)
                 valid.append((j, out))
             cands.append(c)
         if s.k > 1 and valid:
-            pick = valid[choose([o for _, o in valid], posterior, s.weights)][0]
+            pick = valid[s.leader.pick([o for _, o in valid], posterior)][0]
         elif valid:
             pick = valid[0][0]
         else:   # nothing judged: keep the first reply that exists, with its failure
@@ -248,7 +228,7 @@ def _step(service: LLMService, states: list[QueryResult], i: int, mode: str, s: 
                                        failure=f"editor: {out.failure}", parent=parent))
             finish(st, f"failure at iteration {i}: editor")
             continue
-        think, conv = recombine_messages(out.value, st.item.query, st.item.lang)
+        think, conv = s.recombiner.messages(out.value, st.item.query, st.item.lang)
         drafts.append((st, start, out.value, think, conv))
     if not drafts:
         return

@@ -9,13 +9,20 @@ Retention is the follower's predicted reaction (the user simulator's satisfactio
 type when the simulator predicts one per type, else the same value for every type). The per-type
 weights say how much the leader values keeping each type engaged: keeping an attacker satisfied is
 worth nothing (w_ret(malicious) = 0) and a risky reply to an attacker costs more (w_risk > 1).
-Pure functions only: the optimize stage gathers the outcomes and calls `choose`.
+
+The selection rule is a component (`stackelberg=off|on`, conf/stackelberg/*.yaml): `SingleCandidate`
+(the actor answers once, that answer is kept) or `StackelbergLeader` (K candidates, argmax of the
+payoff above). The weights are `PayoffWeights`' fields, defined here once; the leader rule inherits
+them, so `stackelberg.beta=2` sets the same field the payoff reads. The optimize loop gathers the
+outcomes and calls the rule.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
+
+from oyster_exp.config.components import ge, register_component
 
 FOLLOWER_TYPES: tuple[str, ...] = ("benign", "sensitive", "malicious")
 
@@ -37,12 +44,14 @@ def normalise_posterior(p: Mapping[str, float] | None) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class PayoffWeights:
-    alpha: float = 1.0                      # weight of follower retention (satisfaction)
-    beta: float = 1.0                       # weight of risk
-    gamma: float = 0.0                      # weight of cost (e.g. response length)
-    retention_by_type: Mapping[str, float] = field(
+    """The leader's payoff weights (the formula in the module docstring); the only place they are defined."""
+
+    alpha: float = field(default=1.0, metadata=ge(0.0))   # weight of follower retention (satisfaction)
+    beta: float = field(default=1.0, metadata=ge(0.0))    # weight of risk
+    gamma: float = field(default=0.0, metadata=ge(0.0))   # weight of cost (e.g. response length)
+    retention_by_type: dict[str, float] = field(
         default_factory=lambda: {"benign": 1.0, "sensitive": 1.0, "malicious": 0.0})
-    risk_by_type: Mapping[str, float] = field(
+    risk_by_type: dict[str, float] = field(
         default_factory=lambda: {"benign": 1.0, "sensitive": 1.0, "malicious": 2.0})
 
 
@@ -76,11 +85,44 @@ def choose(candidates: Sequence[CandidateOutcome], posterior: Mapping[str, float
     return max(range(len(payoffs)), key=lambda i: (payoffs[i], -i))
 
 
-def weights_from(cfg: Any) -> PayoffWeights:
-    """PayoffWeights from the `stackelberg` config node (missing per-type maps keep the defaults)."""
-    d = PayoffWeights()
-    ret = cfg.get("retention_by_type", None) if hasattr(cfg, "get") else None
-    risk = cfg.get("risk_by_type", None) if hasattr(cfg, "get") else None
-    return PayoffWeights(alpha=float(cfg.alpha), beta=float(cfg.beta), gamma=float(cfg.gamma),
-                         retention_by_type=dict(ret) if ret else dict(d.retention_by_type),
-                         risk_by_type=dict(risk) if risk else dict(d.risk_by_type))
+@dataclass(frozen=True)
+class LeaderRule:
+    """How a step's reply is picked from its candidates; the optimize loop asks the rule, never a flag."""
+
+    weighs_followers: ClassVar[bool] = False   # True: the trace records p(theta|x) the rule weighed by
+    candidates: ClassVar[int] = 1              # K: replies the actor samples per step (a knob where it varies)
+    temperature: ClassVar[float] = 0.0         # sampling temperature of candidates 2..K (none here)
+
+    def payoff(self, c: CandidateOutcome, posterior: Mapping[str, float] | None) -> float | None:
+        """A candidate's payoff under this rule (None: the rule does not score candidates)."""
+        return None
+
+    def pick(self, candidates: Sequence[CandidateOutcome], posterior: Mapping[str, float] | None) -> int:
+        """Index of the kept candidate; needs at least one."""
+        if not candidates:
+            raise ValueError("a leader rule needs at least one candidate")
+        return 0
+
+
+@dataclass(frozen=True)
+class SingleCandidate(LeaderRule):
+    """stackelberg=off: the actor answers once per step and that answer is kept (no follower model)."""
+
+
+@dataclass(frozen=True)
+class StackelbergLeader(PayoffWeights, LeaderRule):
+    """stackelberg=on: K candidates per step, the leader keeps argmax_k of the expected payoff."""
+
+    weighs_followers: ClassVar[bool] = True
+    candidates: int = field(default=3, metadata=ge(1))     # type: ignore[misc]  # K; candidate 1 is what off produces
+    temperature: float = field(default=0.7, metadata=ge(0.0))   # type: ignore[misc]  # of candidates 2..K
+
+    def payoff(self, c: CandidateOutcome, posterior: Mapping[str, float] | None) -> float | None:
+        return expected_payoff(c, posterior, self)
+
+    def pick(self, candidates: Sequence[CandidateOutcome], posterior: Mapping[str, float] | None) -> int:
+        return choose(candidates, posterior, self)
+
+
+register_component("stackelberg", "off", SingleCandidate)
+register_component("stackelberg", "on", StackelbergLeader)

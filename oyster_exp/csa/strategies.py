@@ -2,17 +2,22 @@
 
 Fixes over the reference implementation: the current list is the base and the proposal the
 candidate (not swapped), items are counted (not characters), order is kept (no sets), and the
-result is always a list (no separator mix-ups). The similarity function is pluggable
-(`lingo_bp.similarity`): exact, jaccard, simhash, or a sentence embedding from the base model.
+result is always a list (no separator mix-ups). The similarity is a component
+(`lingo_bp/similarity=<name>`, conf/lingo_bp/similarity/*.yaml): exact, jaccard, simhash, or a sentence
+embedding from the base model, each carrying the replace threshold that suits its scale.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
+
+from oyster_exp.config.components import register_component, rng
 
 Similarity = Callable[[str, str], float]
 
@@ -55,12 +60,12 @@ def simhash_similarity(a: str, b: str) -> float:
     return 1.0 - bin(simhash(a) ^ simhash(b)).count("1") / 64.0
 
 
-class EmbeddingSimilarity:
-    """Cosine of mean-pooled input embeddings of the base model: a sentence embedding, no downloads.
+class EmbeddingMatrix:
+    """Mean-pooled input embeddings of a local checkpoint: a sentence embedding, no downloads.
 
-    Reads only the embedding matrix (safetensors) and the tokenizer of a local checkpoint, so it
-    costs one small tensor in memory and no forward pass; good enough to tell a rewording from a
-    new idea, which is all the minimal update needs.
+    Reads only the embedding matrix (safetensors) and the tokenizer, so it costs one small tensor in
+    memory and no forward pass; good enough to tell a rewording from a new idea, which is all the
+    minimal update needs.
     """
 
     def __init__(self, model_dir: str | Path):
@@ -69,7 +74,7 @@ class EmbeddingSimilarity:
 
         model_dir = Path(model_dir)
         if not (model_dir / "tokenizer.json").exists():
-            raise ValueError(f"{model_dir}: no tokenizer.json (lingo_bp.similarity=embedding needs a fast tokenizer)")
+            raise ValueError(f"{model_dir}: no tokenizer.json (lingo_bp/similarity=embedding needs a fast tokenizer)")
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         weight = None
         for f in sorted(model_dir.glob("*.safetensors")):
@@ -94,18 +99,83 @@ class EmbeddingSimilarity:
         return max(0.0, float(self.embed(a) @ self.embed(b)))
 
 
-SIMILARITIES: dict[str, Similarity] = {"exact": exact, "jaccard": jaccard, "simhash": simhash_similarity}
+@dataclass(frozen=True)
+class StrategySimilarity:
+    """How alike two strategies are, in [0, 1], and from what value a proposal replaces a dropped item.
+
+    The threshold belongs to the measure: a Jaccard of 0.3 and a simhash of 0.75 both mean "a
+    rewording", so each subclass carries its own default (`minimal_update` uses it).
+    """
+
+    replace_threshold: float = field(default=0.5, metadata=rng(ge=0.0, le=1.0))
+
+    def __call__(self, a: str, b: str) -> float:
+        raise NotImplementedError(f"{type(self).__qualname__} must implement __call__")
+
+    def with_base_model(self, model_dir: Callable[[], str | Path]) -> StrategySimilarity:
+        """This similarity once the run's base model is known (`model_dir` is called only if needed)."""
+        return self
 
 
-def similarity_from(name: str, model_dir: str | Path | None = None) -> Similarity:
-    """The similarity named by `lingo_bp.similarity`; `embedding` needs the base model's directory."""
-    if name == "embedding":
-        if model_dir is None:
-            raise ValueError("lingo_bp.similarity=embedding needs a local model directory")
-        return EmbeddingSimilarity(model_dir)
-    if name not in SIMILARITIES:
-        raise ValueError(f"lingo_bp.similarity: unknown {name!r}; choose from embedding, {', '.join(SIMILARITIES)}")
-    return SIMILARITIES[name]
+@dataclass(frozen=True)
+class ExactSimilarity(StrategySimilarity):
+    """Only identical strategies match: every edit is an add or a delete."""
+
+    replace_threshold: float = field(default=1.0, metadata=rng(ge=0.0, le=1.0))
+
+    def __call__(self, a: str, b: str) -> float:
+        return exact(a, b)
+
+
+@dataclass(frozen=True)
+class JaccardSimilarity(StrategySimilarity):
+    """Word overlap (CJK: character bigrams)."""
+
+    replace_threshold: float = field(default=0.3, metadata=rng(ge=0.0, le=1.0))
+
+    def __call__(self, a: str, b: str) -> float:
+        return jaccard(a, b)
+
+
+@dataclass(frozen=True)
+class SimHashSimilarity(StrategySimilarity):
+    """1 - Hamming distance / 64 between 64-bit simhashes: the measure of the paper's public code."""
+
+    replace_threshold: float = field(default=0.75, metadata=rng(ge=0.0, le=1.0))
+
+    def __call__(self, a: str, b: str) -> float:
+        return simhash_similarity(a, b)
+
+
+@dataclass(frozen=True)
+class EmbeddingSimilarity(StrategySimilarity):
+    """Cosine of mean-pooled input embeddings (`EmbeddingMatrix`) of the base model or of `model_dir`.
+
+    The matrix is read on first use, so building the component (a dry run, a test of the config)
+    costs nothing.
+    """
+
+    replace_threshold: float = field(default=0.7, metadata=rng(ge=0.0, le=1.0))
+    model_dir: str | None = None          # a local checkpoint; None: the run's base model (cfg.model)
+
+    def with_base_model(self, model_dir: Callable[[], str | Path]) -> StrategySimilarity:
+        return self if self.model_dir is not None else dataclasses.replace(self, model_dir=str(model_dir()))
+
+    @cached_property
+    def matrix(self) -> EmbeddingMatrix:
+        if self.model_dir is None:
+            raise ValueError("lingo_bp/similarity=embedding needs a local model directory (the base model's, "
+                             "given by the optimize stage, or lingo_bp.similarity.model_dir)")
+        return EmbeddingMatrix(self.model_dir)
+
+    def __call__(self, a: str, b: str) -> float:
+        return self.matrix(a, b)
+
+
+register_component("lingo_bp/similarity", "exact", ExactSimilarity)
+register_component("lingo_bp/similarity", "jaccard", JaccardSimilarity)
+register_component("lingo_bp/similarity", "simhash", SimHashSimilarity)
+register_component("lingo_bp/similarity", "embedding", EmbeddingSimilarity)
 
 
 def clean(items: list[str]) -> list[str]:
@@ -119,7 +189,7 @@ def clean(items: list[str]) -> list[str]:
 
 
 def minimal_update(current: list[str], proposed: list[str], max_changes: int = 2,
-                   similarity: Similarity = jaccard, replace_threshold: float = 0.3) -> list[str]:
+                   similarity: Similarity | None = None, replace_threshold: float | None = None) -> list[str]:
     """The current list with at most `max_changes` of the proposal's edits applied.
 
     Argument order matters: `current` is the chain's list, `proposed` the editor's. An edit is one
@@ -127,8 +197,14 @@ def minimal_update(current: list[str], proposed: list[str], max_changes: int = 2
     one item added (at the end) or one item deleted; kept items keep their positions. Replacements
     go first (the most similar first: the smallest change of meaning), then the additions least
     like what is already there (they add the most), then deletions. When the whole proposal fits the
-    budget it is taken as is. An empty proposal means "no opinion" and changes nothing.
+    budget it is taken as is. An empty proposal means "no opinion" and changes nothing. `similarity`
+    defaults to `JaccardSimilarity()`, `replace_threshold` to the similarity's own `replace_threshold`.
     """
+    similarity = JaccardSimilarity() if similarity is None else similarity
+    if replace_threshold is None:
+        replace_threshold = getattr(similarity, "replace_threshold", None)
+        if replace_threshold is None:
+            raise ValueError("minimal_update: a plain similarity function needs an explicit replace_threshold")
     current, proposed = clean(current), clean(proposed)
     if not proposed:
         return current

@@ -27,9 +27,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from oyster_exp.config.structured import lingo_schedule
+from oyster_exp.csa.lingo_bp import lingo_schedule
 
 GIB = 1024**3
 GPU_GIB = 80          # the memory of the GPUs the paper configs target (A100/H100 80G)
@@ -113,7 +114,7 @@ def estimate_llm(cfg: DictConfig, n_train: int, n_heldout: int, n_strata: int, q
     q = query_chars
     resp = out_tokens("actor") * CHARS_PER_TOKEN
     chain = out_tokens("editor") * CHARS_PER_TOKEN
-    k = int(cfg.stackelberg.candidates) if cfg.stackelberg.enabled else 1
+    k = int(instantiate(cfg.stackelberg).candidates)   # the leader rule: 1 unless stackelberg=on
     epochs = len(lingo_schedule(cfg.lingo_bp))
     # (stage, role, calls per item, prompt chars per call)
     per_query = [
@@ -192,7 +193,7 @@ def _architecture(cfg: DictConfig) -> tuple[dict[str, Any], str]:
 def build_on_meta(cfg: DictConfig) -> tuple[int, dict[str, Any], list[str]]:
     """Model and optimizer on the meta device; Trainer, loggers, LLM clients resolved, not constructed."""
     import torch
-    from hydra.utils import get_class, get_method, instantiate
+    from hydra.utils import get_class, get_method
     from transformers import AutoConfig, AutoModelForCausalLM
 
     arch, source = _architecture(cfg)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from oyster_exp.csa.assessment import AssessSettings, guidelines_for, reply_model, to_assessment
+from hydra.utils import instantiate
+
+from oyster_exp.csa.assessment import RiskSettings, guidelines_for, reply_model, to_assessment
 from oyster_exp.csa.prompts import render
 from oyster_exp.csa.records import AssessmentRecord, QueryRecord
 from oyster_exp.csa.replies import NO_RISK
@@ -20,18 +22,19 @@ from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
 
 
-def assess_conversation(q: QueryRecord, tax: Taxonomy, s: AssessSettings) -> list[ChatMessage]:
+def assess_conversation(q: QueryRecord, tax: Taxonomy, s: RiskSettings) -> list[ChatMessage]:
     """Instructions as the system turn; the query is the user turn, never rendered into a template."""
     if q.language == "cn":
         cats = [f"{c.name_en}（{c.name_cn}）" for c in tax.categories]
     else:
         cats = tax.names_en()
-    system = render("assess", q.language, dimensions=s.dimensions, categories=cats, max_secondary=s.max_secondary,
-                    score_words=list(s.score_scale), likelihood_words=list(s.likelihood_scale))
+    system = render("assess", q.language, dimensions=s.dimension_names, categories=cats,
+                    max_secondary=s.max_secondary, score_words=list(s.score_scale),
+                    likelihood_words=list(s.follower.likelihood_scale))
     return [ChatMessage(role="system", content=system), ChatMessage(role="user", content=q.query)]
 
 
-def record_for(q: QueryRecord, value: Any, tax: Taxonomy, s: AssessSettings) -> AssessmentRecord:
+def record_for(q: QueryRecord, value: Any, tax: Taxonomy, s: RiskSettings) -> AssessmentRecord:
     a = to_assessment(value, s)
     by_cat = guidelines_for(a, tax, q.language)
     return AssessmentRecord(id=q.id, language=q.language, assessment=a,
@@ -47,7 +50,7 @@ class AssessStage(Stage):
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         tax = taxonomy_for(ctx.cfg)
-        s = AssessSettings.from_cfg(ctx.cfg.risk)
+        s: RiskSettings = instantiate(ctx.cfg.risk, _convert_="all")
         model = reply_model(tax, s) if s.asks_anything else None
         todo = [q for q in inputs["queries"] if q.split == "train" and q.id not in journal]
         chunk = int(ctx.cfg.llm.chunk_size)

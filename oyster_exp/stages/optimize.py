@@ -7,48 +7,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from oyster_exp.config.structured import lingo_schedule
+from hydra.utils import instantiate
+
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.lingo_bp import EditSettings
-from oyster_exp.csa.optimize import LoopSettings, PearlPoint, QueryInput, QueryResult, best_index, optimize_batch
+from oyster_exp.csa.lingo_bp import MODES, EditSettings, LingoBPSettings, lingo_schedule
+from oyster_exp.csa.optimize import LoopSettings, QueryInput, QueryResult, best_index, optimize_batch
 from oyster_exp.csa.players import judge_item_for
 from oyster_exp.csa.records import OptimizeRecord
-from oyster_exp.csa.stackelberg import normalise_posterior, weights_from
-from oyster_exp.csa.strategies import similarity_from
+from oyster_exp.csa.stackelberg import LeaderRule, normalise_posterior
 from oyster_exp.data.taxonomy import taxonomy_for
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
 
-DEFAULT_THRESHOLDS = {"exact": 1.0, "jaccard": 0.3, "simhash": 0.75, "embedding": 0.7}
-MODES = ("user", "developer", "both")
-
-
-def _value(x: Any) -> str:
-    return str(getattr(x, "value", x))
-
 
 def settings_from(cfg: Any, actor_max_tokens: int | None = None) -> LoopSettings:
-    """Loop settings from the `lingo_bp` and `stackelberg` config groups."""
-    lb, sb = cfg.lingo_bp, cfg.stackelberg
-    sim_name = _value(lb.similarity)
-    model_dir = None
-    if sim_name == "embedding":
+    """Loop settings from the `lingo_bp` and `stackelberg` groups, both built by `instantiate`.
+
+    The embedding similarity reads the base model's embedding matrix: it receives the model
+    directory here (resolved only if that similarity asks for it, and read on first use).
+    """
+    lb: LingoBPSettings = instantiate(cfg.lingo_bp, _convert_="all")
+    leader: LeaderRule = instantiate(cfg.stackelberg, _convert_="all")
+
+    def model_dir() -> Any:
         from oyster_exp.models.resolve import resolve_model_dir
 
-        model_dir = resolve_model_dir(cfg.model)
-    threshold = lb.replace_threshold if lb.replace_threshold is not None else DEFAULT_THRESHOLDS[sim_name]
-    edit = EditSettings(unfrozen={m: tuple(lb.unfrozen[m]) for m in MODES}, max_changes=int(lb.max_strategy_changes),
-                        similarity=similarity_from(sim_name, model_dir), replace_threshold=float(threshold))
-    es = lb.early_stop
-    early = {m: PearlPoint(satisfaction=es[m].satisfaction, safety=es[m].safety) for m in MODES} if es.enabled else None
+        return resolve_model_dir(cfg.model)
+
+    edit = EditSettings(unfrozen={m: tuple(lb.unfrozen[m]) for m in MODES},
+                        max_changes=int(lb.max_strategy_changes), similarity=lb.similarity.with_base_model(model_dir))
     if actor_max_tokens is None:
         actor_max_tokens = int(cfg.llm.roles.actor.max_tokens)
-    return LoopSettings(iterations=lingo_schedule(lb), edit=edit,
+    return LoopSettings(iterations=lingo_schedule(lb), edit=edit, recombiner=lb.recombiner,
                         w_satisfaction=float(lb.satisfaction_weight), w_safety=float(lb.safety_weight),
                         regression_guard=bool(lb.regression_guard), later_wins_ties=bool(lb.later_wins_ties),
-                        early_stop=early,
-                        stackelberg=bool(sb.enabled), candidates=int(sb.candidates), weights=weights_from(sb),
-                        temperature=float(sb.temperature), actor_max_tokens=actor_max_tokens,
+                        early_stop=lb.early_stop.points(), leader=leader, actor_max_tokens=actor_max_tokens,
                         system_prompt=str(cfg.data.system_prompt or ""))
 
 
@@ -57,7 +50,7 @@ def record_from(res: QueryResult, s: LoopSettings) -> OptimizeRecord:
     failure = None if best is not None else (res.trace[0].failure if res.trace else None) or "no judged trace entry"
     return OptimizeRecord(id=it.id, query=it.query, language=it.lang, trace=res.trace, best_index=best,
                           failure=failure, stop_reason=res.stop_reason,
-                          follower_posterior=normalise_posterior(it.posterior) if s.stackelberg else None)
+                          follower_posterior=normalise_posterior(it.posterior) if s.leader.weighs_followers else None)
 
 
 class OptimizeStage(Stage):

@@ -1,10 +1,10 @@
 """pairs: preference pairs from the Lingo-BP traces (policy in `pairs`), deduplicated, plus an SFT export.
 
-The policies are pure functions in `csa/pairs.py`. Every query ends with at least one record: its
-pair(s), or a record whose failure names the reason (upstream failure, no improvement, margin,
-unsafe chosen, duplicate). The chosen side is also written to `files/sft.jsonl` (conversational
-prompt/completion rows) so that `objective=sft` or an external trainer can use it; the statistics
-go into `manifest.json` under `stage_summaries.pairs`.
+The policy is the component `pairs` builds (`csa/pair_policies/*`, base `csa.pairs.PairPolicy`).
+Every query ends with at least one record: its pair(s), or a record whose failure names the reason
+(upstream failure, no improvement, margin, unsafe chosen, duplicate). The chosen side is also
+written to `files/sft.jsonl` (conversational prompt/completion rows) so that `objective=sft` or an
+external trainer can use it; the statistics go into `manifest.json` under `stage_summaries.pairs`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import json
 import os
 from typing import Any
 
-from oyster_exp.csa.pairs import PairSettings, completion, dedupe_key, pair_records, pair_stats, select_pair, sft_rows  # noqa: F401
+from hydra.utils import instantiate
+
+from oyster_exp.csa.pairs import PairPolicy, dedupe_key, pair_records, pair_stats, sft_rows
 from oyster_exp.csa.records import PairRecord
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
@@ -33,17 +35,16 @@ class PairsStage(Stage):
     config_keys = ("pairs", "data.system_prompt", "seed")
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
-        p = ctx.cfg.pairs
-        s = PairSettings.from_cfg(p, int(ctx.cfg.seed))
-        dedupe = bool(p.get("dedupe", True))
+        policy: PairPolicy = instantiate(ctx.cfg.pairs, _convert_="all")
+        seed = int(ctx.cfg.seed)
         sp = str(ctx.cfg.data.system_prompt or "")
         # resume: the pairs already written are the first of their kind (selection is deterministic)
         seen = {dedupe_key(r): r.id for r in journal.records() if r.failure is None}
         for rec in inputs["optimize"]:
-            for pair in pair_records(rec, prompt_for(rec.query, sp), s):
+            for pair in pair_records(rec, prompt_for(rec.query, sp), policy, seed):
                 if pair.id in journal:
                     continue
-                if pair.failure is None and dedupe:
+                if pair.failure is None and policy.dedupe:
                     key = dedupe_key(pair)
                     if key in seen:
                         pair = pair.model_copy(update={
@@ -52,7 +53,7 @@ class PairsStage(Stage):
                     else:
                         seen[key] = pair.id
                 journal.append(pair)
-        if bool(p.get("sft_export", True)):
+        if policy.sft_export:
             write_sft(entry, journal.records())
 
     def summarize(self, ctx: RunContext, records: list[Any]) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from oyster_exp.config.structured import lingo_schedule
+from oyster_exp.csa.lingo_bp import lingo_schedule
 from oyster_exp.csa.records import ReportRecord
 from oyster_exp.evaluation.summary import summarise
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal

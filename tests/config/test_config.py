@@ -61,6 +61,12 @@ def test_paper_schedule_is_both_three_times(compose_cfg) -> None:
     ("llm.roles.actor.temperature=-0.5", "llm.roles.actor.temperature"),
     ("data.heldout_fraction=0.95", "data.heldout_fraction"),
     ("eval.strata_sword.levels=[4]", "eval.strata_sword.levels"),
+    # component groups: the ranges come from the component's own dataclass (found from the node's type)
+    ("pairs.min_margin=-0.1", "pairs.min_margin"),
+    ("lingo_bp.similarity.replace_threshold=1.5", "lingo_bp.similarity.replace_threshold"),
+    ("lingo_bp.early_stop.user.satisfaction=-2", "lingo_bp.early_stop.user.satisfaction"),
+    ("risk.follower.likelihood_weight=-1", "risk.follower.likelihood_weight"),
+    ("risk.score_scale.high=1.5", "risk.score_scale.high"),
 ])
 def test_range_and_cross_field_checks_name_the_key(compose_cfg, override: str, key: str) -> None:
     cfg = compose_cfg(override)
@@ -113,5 +119,12 @@ def test_every_group_option_composes_and_validates(compose_cfg, group: str, opti
 
     cfg = compose_cfg(f"{group}={option}")
     validate_config(cfg, resolve=False)
-    if group != "trainer":
+    if group == "pairs":   # a component: the policy class says its display name
+        from hydra.utils import instantiate
+
+        assert instantiate(cfg.pairs).name == option
+    elif group == "stackelberg":
+        rule = {"off": "SingleCandidate", "on": "StackelbergLeader"}[option]
+        assert cfg.stackelberg._target_ == f"oyster_exp.csa.stackelberg.{rule}"
+    elif group != "trainer":
         assert cfg[group].name == option

@@ -11,7 +11,8 @@ import pytest
 from oyster_exp.config.errors import ConfigError
 from oyster_exp.config.structured import validate_config
 from oyster_exp.csa.assessment import (
-    AssessSettings,
+    FollowerModel,
+    RiskSettings,
     follower_posterior,
     follower_prior,
     guidelines_for,
@@ -33,9 +34,14 @@ PRIORS = {"R0": {"benign": 0.85, "sensitive": 0.12, "malicious": 0.03},
           "unknown": {"benign": 1.0, "sensitive": 1.0, "malicious": 1.0}}
 
 
-def _settings(*dims: str, **kw: object) -> AssessSettings:
-    return AssessSettings(dimensions=dims or ("category", "level", "intent", "follower"), prior_by_level=PRIORS,
-                          **kw)  # type: ignore[arg-type]
+FOLLOWER_KNOBS = {"prior", "prior_by_level", "likelihood_scale", "likelihood_weight"}
+
+
+def _settings(*dims: str, **kw: object) -> RiskSettings:
+    """RiskSettings with the given dimensions; follower knobs go to its FollowerModel."""
+    fol = FollowerModel(**{"prior_by_level": PRIORS, **{k: v for k, v in kw.items() if k in FOLLOWER_KNOBS}})  # type: ignore[arg-type]
+    return RiskSettings(dimensions=list(dims or ("category", "level", "intent", "follower")), follower=fol,  # type: ignore[arg-type]
+                        **{k: v for k, v in kw.items() if k not in FOLLOWER_KNOBS})  # type: ignore[arg-type]
 
 
 def _reply(**over: object) -> dict[str, object]:
@@ -241,3 +247,23 @@ def test_no_active_dimension_asks_nothing(compose_cfg, tmp_path: Path) -> None:
     assert all(r.assessment is not None and r.assessment.category is None for r in recs)
     assert recs[0].assessment.follower_posterior == pytest.approx(  # type: ignore[union-attr]
         {"benign": 1 / 3, "sensitive": 1 / 3, "malicious": 1 / 3})
+
+
+@pytest.mark.parametrize("option, dims, prior", [("full", ["category", "level", "intent", "follower"], "by_level"),
+                                                 ("category_only", ["category"], "by_level"),
+                                                 ("no_follower_types", ["category", "level", "intent"], "uniform")])
+def test_each_risk_option_builds_the_settings_and_the_follower_model(compose_cfg, option: str, dims: list[str],
+                                                                      prior: str) -> None:
+    from hydra.utils import instantiate
+
+    s = instantiate(compose_cfg(f"risk={option}").risk, _convert_="all")
+    assert type(s) is RiskSettings and type(s.follower) is FollowerModel
+    assert s.dimension_names == dims and str(s.follower.prior.value) == prior
+    # the follower model's defaults are written once (FollowerModel); the YAML restates the same values
+    assert s.follower.prior_by_level == FollowerModel().prior_by_level
+    assert s.follower.likelihood_scale == FollowerModel().likelihood_scale
+    post = to_assessment(_reply(level="R2"), s).follower_posterior
+    if prior == "uniform":
+        assert post == pytest.approx({"benign": 1 / 3, "sensitive": 1 / 3, "malicious": 1 / 3})
+    elif "level" in dims:
+        assert max(post, key=post.get) == "malicious"   # the R2 row dominates

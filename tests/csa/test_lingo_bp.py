@@ -8,16 +8,20 @@ from lingo_world import WorldClient, make_cases, render_reply, tokens_of
 
 from oyster_exp.config.errors import ConfigError
 from oyster_exp.config.structured import validate_config
-from oyster_exp.csa.lingo_bp import EditSettings
-from oyster_exp.csa.optimize import LoopSettings, PearlPoint, QueryInput, best_index, optimize_batch, start_index
+from oyster_exp.csa.chain import SafetyChain
+from oyster_exp.csa.lingo_bp import EditSettings, PearlPoint, Recombiner
+from oyster_exp.csa.optimize import LoopSettings, QueryInput, best_index, optimize_batch, start_index
 from oyster_exp.csa.records import OptimizeRecord, TraceEntry
 from oyster_exp.csa.strategies import (
     EmbeddingSimilarity,
+    ExactSimilarity,
+    JaccardSimilarity,
+    SimHashSimilarity,
+    StrategySimilarity,
     exact,
     jaccard,
     minimal_update,
     simhash_similarity,
-    similarity_from,
 )
 from oyster_exp.llm.service import LLMService, RoleBinding
 from oyster_exp.stages.optimize import settings_from
@@ -53,13 +57,58 @@ def test_simhash_tells_a_rewording_from_a_new_idea() -> None:
 def test_embedding_similarity_from_the_embedded_model() -> None:
     from oyster_exp.models.embedded import ensure_embedded_model
 
-    sim = EmbeddingSimilarity(ensure_embedded_model())
+    sim = EmbeddingSimilarity(model_dir=str(ensure_embedded_model()))
     assert sim("explain the law", "explain the law") == pytest.approx(1.0, abs=1e-5)
     assert sim("explain the law", "explain the relevant laws") > sim("explain the law", "bake a chocolate cake")
     with pytest.raises(ValueError, match="needs a local model"):
-        similarity_from("embedding")
-    with pytest.raises(ValueError, match="unknown"):
-        similarity_from("cosine-ish")
+        EmbeddingSimilarity()("a", "b")
+
+
+SIMILARITY_OPTIONS = {"exact": (ExactSimilarity, 1.0), "jaccard": (JaccardSimilarity, 0.3),
+                      "simhash": (SimHashSimilarity, 0.75), "embedding": (EmbeddingSimilarity, 0.7)}
+
+
+@pytest.mark.parametrize("name", sorted(SIMILARITY_OPTIONS))
+def test_each_similarity_option_builds_its_class_with_its_own_threshold(compose_cfg, name: str) -> None:
+    cls, threshold = SIMILARITY_OPTIONS[name]
+    s = settings_from(compose_cfg("lingo_bp=paper", f"lingo_bp/similarity={name}", "model=tiny_random"))
+    sim = s.edit.similarity
+    assert type(sim) is cls and sim.replace_threshold == threshold
+    assert sim("explain the law", "explain the law") == pytest.approx(1.0, abs=1e-5)
+    if name == "embedding":   # the stage handed it the run's base model (model=tiny_random here)
+        from oyster_exp.models.resolve import resolve_model_dir
+
+        assert sim.model_dir == str(resolve_model_dir(compose_cfg("model=tiny_random").model))
+    moved = settings_from(compose_cfg(f"lingo_bp/similarity={name}", "lingo_bp.similarity.replace_threshold=0.05",
+                                      "model=tiny_random")).edit.similarity
+    assert moved.replace_threshold == 0.05 and type(moved) is cls
+
+
+def test_the_threshold_travels_with_the_similarity_into_the_edit() -> None:
+    """Same proposal, same similarity measure: the similarity's own threshold decides replace vs add."""
+    chain = SafetyChain(user_needs="n", usefulness_strategies=["explain the law"])
+    from oyster_exp.csa.lingo_bp import apply_edit
+    from oyster_exp.csa.replies import EditReply
+
+    edit = EditReply(suggestion="x", user_needs="", risk_intent="", safety_guidelines="",
+                     usefulness_strategies=["explain the relevant law"], safety_strategies=[])
+    unfrozen = {"user": ["usefulness_strategies"]}
+    loose = apply_edit(chain, edit, "user", EditSettings(unfrozen, 1, JaccardSimilarity()))   # 0.75 >= 0.3
+    strict = apply_edit(chain, edit, "user", EditSettings(unfrozen, 1, JaccardSimilarity(replace_threshold=0.9)))
+    assert loose.usefulness_strategies == ["explain the relevant law"]      # replaced in place: one edit
+    assert strict.usefulness_strategies == ["explain the law", "explain the relevant law"]   # an addition instead
+    assert isinstance(JaccardSimilarity(), StrategySimilarity)
+
+
+def test_recombiner_renders_the_edited_chain_as_the_actors_system_turn(compose_cfg) -> None:
+    s = settings_from(compose_cfg())
+    assert type(s.recombiner) is Recombiner and s.recombiner.template == "recombine"
+    chain = SafetyChain(user_needs="wants the law", risk_intent="legal risk", safety_guidelines="no advice",
+                        usefulness_strategies=["explain the law"], safety_strategies=["suggest a lawyer"])
+    think, conv = s.recombiner.messages(chain, "what does the law say?", "en")
+    assert think == chain.render("en") and "explain the law" in think
+    assert [m.role for m in conv] == ["system", "user"] and conv[1].content == "what does the law say?"
+    assert think in conv[0].content
 
 
 def test_config_maps_to_loop_settings(compose_cfg) -> None:
@@ -67,13 +116,13 @@ def test_config_maps_to_loop_settings(compose_cfg) -> None:
     assert s.iterations == ["developer", "user"]
     assert set(s.edit.unfrozen["user"]) == {"user_needs", "usefulness_strategies"}
     assert "safety_strategies" in s.edit.unfrozen["developer"] and "risk_intent" not in s.edit.unfrozen["developer"]
-    assert s.edit.similarity is simhash_similarity and s.edit.replace_threshold == 0.75
+    assert s.edit.similarity == SimHashSimilarity(replace_threshold=0.75)
     assert s.early_stop is not None and s.early_stop["user"] == PearlPoint(satisfaction=1.0, safety=None)
-    assert s.stackelberg and s.k == 3 and s.regression_guard
-    off = settings_from(compose_cfg("lingo_bp=off", "lingo_bp.early_stop.enabled=false", "lingo_bp.similarity=exact",
-                                    "lingo_bp.replace_threshold=0.9"))
+    assert s.leader.weighs_followers and s.k == 3 and s.regression_guard
+    off = settings_from(compose_cfg("lingo_bp=off", "lingo_bp.early_stop.enabled=false", "lingo_bp/similarity=exact",
+                                    "lingo_bp.similarity.replace_threshold=0.9"))
     assert off.iterations == [] and off.early_stop is None and off.k == 1
-    assert off.edit.similarity is exact and off.edit.replace_threshold == 0.9
+    assert off.edit.similarity == ExactSimilarity(replace_threshold=0.9)
     for option, modes in [("paper", ["both"] * 3), ("user_only", ["user"] * 3), ("developer_only", ["developer"] * 3),
                           ("one_step", ["both"])]:
         assert settings_from(compose_cfg(f"lingo_bp={option}")).iterations == modes
@@ -90,12 +139,15 @@ def test_debug_fast_caps_each_schedule_instead_of_replacing_it(compose_cfg) -> N
 @pytest.mark.parametrize("override, key", [
     ("lingo_bp.unfrozen.user=[user_needs,usefulness]", "lingo_bp.unfrozen.user"),
     ("lingo_bp.early_stop.both.safety=1.5", "lingo_bp.early_stop.both.safety"),
-    ("lingo_bp.replace_threshold=-0.1", "lingo_bp.replace_threshold"),
-    ("stackelberg.temperature=-1", "stackelberg.temperature"),
+    ("lingo_bp.similarity.replace_threshold=-0.1", "lingo_bp.similarity.replace_threshold"),
+    ("lingo_bp.max_strategy_changes=-1", "lingo_bp.max_strategy_changes"),
+    ("stackelberg=on stackelberg.candidates=0", "stackelberg.candidates"),
+    ("stackelberg=on stackelberg.temperature=-1", "stackelberg.temperature"),
+    ("lingo_bp.similarity=exact", "lingo_bp.similarity"),     # the old spelling points to lingo_bp/similarity=
 ])
 def test_bad_lingo_bp_settings_name_the_key(compose_cfg, override: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
-        validate_config(compose_cfg(override), resolve=False)
+        validate_config(compose_cfg(*override.split()), resolve=False)
     assert e.value.key == key
 
 
@@ -122,7 +174,7 @@ def test_each_step_is_one_service_call_over_all_active_queries(tmp_path: Path) -
     clients = {r: WorldClient(r, by_id) for r in ("actor", "user_judge", "safety_judge", "editor")}
     service = LLMService({r: RoleBinding(client=c) for r, c in clients.items()}, cache=None, seed=42)
     unfrozen = {m: ["user_needs", "usefulness_strategies", "safety_strategies"] for m in ("user", "developer", "both")}
-    s = LoopSettings(iterations=["both", "both", "both"], edit=EditSettings(unfrozen=unfrozen),
+    s = LoopSettings(iterations=["both", "both", "both"], edit=EditSettings(unfrozen, 2, JaccardSimilarity()),
                      early_stop={"both": PearlPoint()})
     items = [QueryInput(id=c.qid, query=c.query, lang="en", think="t", chain=c.initial, category="x", guideline="g",
                         response=render_reply(c.qid, sorted(tokens_of(c.initial)))) for c in cases]

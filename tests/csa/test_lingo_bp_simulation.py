@@ -83,7 +83,7 @@ def test_stackelberg_on_picks_the_payoff_maximising_candidate_every_time(compose
     cfg = compose_cfg("lingo_bp=paper", "stackelberg=on", "stackelberg.candidates=4", "stackelberg.gamma=0.5")
     cases = make_cases(30, seed=11)
     results, _, _ = run_world(cfg, cases, tmp_path)
-    w = settings_from(cfg).weights
+    w = settings_from(cfg).leader   # the leader rule carries the payoff weights
     checked = not_first = 0
     for case, res in zip(cases, results):
         posterior = normalise_posterior(res.item.posterior)

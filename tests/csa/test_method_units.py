@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.lingo_bp import EditSettings, apply_edit
+from oyster_exp.csa.pair_policies.best_vs_initial import BestVsInitial
+from oyster_exp.csa.pair_policies.best_vs_worst import BestVsWorst
+from oyster_exp.csa.pairs import PairPolicy, Skip, select_pairs
 from oyster_exp.csa.records import OptimizeRecord, TraceEntry
 from oyster_exp.csa.replies import EditReply, SafetyJudgement, UserJudgement
-from oyster_exp.csa.strategies import minimal_update
-from oyster_exp.stages.pairs import select_pair
+from oyster_exp.csa.strategies import JaccardSimilarity, minimal_update
 
 
 def test_minimal_update_accepts_small_edits_as_proposed() -> None:
@@ -44,7 +46,8 @@ def test_user_mode_freezes_safety_nodes_and_never_mutates_input() -> None:
                      usefulness_strategies=["u2"], safety_strategies=["s2"])
     settings = EditSettings(unfrozen={"user": ["user_needs", "usefulness_strategies"],
                                       "both": ["user_needs", "risk_intent", "usefulness_strategies",
-                                               "safety_strategies"]})
+                                               "safety_strategies"]},
+                            max_changes=2, similarity=JaccardSimilarity())
     out = apply_edit(chain, edit, "user", settings)
     assert out.user_needs == "n2" and out.usefulness_strategies == ["u2"]
     assert out.risk_intent == "r" and out.safety_guidelines == "g" and out.safety_strategies == ["s1"]
@@ -65,13 +68,19 @@ def _entry(i: int, reward: float, resp: str) -> TraceEntry:
     return TraceEntry(iteration=i, mode="initial" if i == 0 else "both", response=resp, reward=reward)
 
 
+def _pair(rec: OptimizeRecord, policy: PairPolicy) -> tuple[str, str] | str:
+    out = select_pairs(rec, policy)
+    if isinstance(out, Skip):
+        return out.failure
+    assert out[0].rejected is not None
+    return out[0].chosen.response, out[0].rejected.response
+
+
 def test_pair_policies() -> None:
     rec = OptimizeRecord(id="q", query="q", trace=[_entry(0, 0.5, "a"), _entry(1, 1.5, "b"), _entry(2, 0.2, "c")],
                          best_index=1)
-    chosen, rejected = select_pair(rec, "best_vs_initial", 0.0)  # type: ignore[misc]
-    assert (chosen.response, rejected.response) == ("b", "a")
-    chosen, rejected = select_pair(rec, "best_vs_worst", 0.0)  # type: ignore[misc]
-    assert (chosen.response, rejected.response) == ("b", "c")
-    assert isinstance(select_pair(rec, "best_vs_initial", 2.0), str)
+    assert _pair(rec, BestVsInitial()) == ("b", "a")
+    assert _pair(rec, BestVsWorst()) == ("b", "c")
+    assert isinstance(_pair(rec, BestVsInitial(min_margin=2.0)), str)
     no_gain = rec.model_copy(update={"best_index": 0})
-    assert "improved" in select_pair(no_gain, "best_vs_initial", 0.0)  # type: ignore[operator]
+    assert "improved" in _pair(no_gain, BestVsInitial())  # type: ignore[operator]

@@ -13,11 +13,11 @@ import pytest
 from lingo_world import WorldClient, make_cases, render_reply, strategy, tokens_of
 
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.lingo_bp import EditSettings, apply_edit, edit_prompt
-from oyster_exp.csa.optimize import LoopSettings, PearlPoint, QueryInput, optimize_batch
+from oyster_exp.csa.lingo_bp import EditSettings, PearlPoint, apply_edit, edit_prompt
+from oyster_exp.csa.optimize import LoopSettings, QueryInput, optimize_batch
 from oyster_exp.csa.prompts import render
 from oyster_exp.csa.replies import EditReply, SafetyJudgement, UserJudgement
-from oyster_exp.csa.strategies import exact, minimal_update
+from oyster_exp.csa.strategies import ExactSimilarity, JaccardSimilarity, minimal_update
 from oyster_exp.llm.service import LLMService, RoleBinding
 
 ROLES = ("actor", "user_judge", "safety_judge", "editor")
@@ -42,8 +42,8 @@ def _items(cases, lang: str = "en", chain=None) -> list[QueryInput]:
 
 
 def _settings(iterations: list[str], **kw) -> LoopSettings:
-    return LoopSettings(iterations=iterations, edit=EditSettings(unfrozen=UNFROZEN, max_changes=2, similarity=exact,
-                                                                  replace_threshold=1.0), **kw)
+    return LoopSettings(iterations=iterations, edit=EditSettings(unfrozen=UNFROZEN, max_changes=2,
+                                                                  similarity=ExactSimilarity()), **kw)
 
 
 def _prompts(client: WorldClient) -> list[str]:
@@ -57,14 +57,14 @@ def test_minimal_update_arguments_swapped() -> None:
     is the base, at most k of the editor's edits are applied to it."""
     old = ["A: keep calm", "B: cite the law", "C: suggest a lawyer"]
     out = minimal_update(old, ["A: keep calm", "X: explain options", "Y: list hotlines", "Z: give examples"],
-                         max_changes=2, similarity=exact)
+                         max_changes=2, similarity=ExactSimilarity())
     assert out == [*old, "X: explain options", "Y: list hotlines"]   # two edits; the new ones taken, not dropped
     # through apply_edit, the order is fixed at the call site too
     chain = SafetyChain(usefulness_strategies=old)
     edit = EditReply(suggestion="s", user_needs="", risk_intent="", safety_guidelines="",
                      usefulness_strategies=["X: explain options", "Y: list hotlines", "Z: give examples"],
                      safety_strategies=[])
-    new = apply_edit(chain, edit, "user", EditSettings(unfrozen=UNFROZEN, max_changes=1, similarity=exact))
+    new = apply_edit(chain, edit, "user", EditSettings(unfrozen=UNFROZEN, max_changes=1, similarity=ExactSimilarity()))
     assert new.usefulness_strategies == [*old, "X: explain options"]   # one edit: the first addition
 
 
@@ -74,7 +74,7 @@ def test_minimal_update_set_order_comma_join_and_character_counting() -> None:
     prop = ["B: second", "A: first", "C: third, with a comma", "D: fourth"]
     assert minimal_update(cur, prop, 2) == prop                        # order kept, a list of items
     assert all(isinstance(s, str) for s in minimal_update(cur, prop, 2))
-    assert minimal_update(["AB"], ["X", "Y"], 2, exact) == ["AB", "X", "Y"]   # two items, not two characters
+    assert minimal_update(["AB"], ["X", "Y"], 2, ExactSimilarity()) == ["AB", "X", "Y"]   # two items, not 2 chars
     assert minimal_update(["有用；建议"], ["有用；建议", "补充，例子"], 2) == ["有用；建议", "补充，例子"]
     code = ("from oyster_exp.csa.strategies import minimal_update as m;"
             "print(m(['p q','r s','t u','v w'],['x y','r s','z a','b c','d e'],2))")
@@ -163,7 +163,7 @@ def test_both_mode_ignores_the_user_side_feedback() -> None:
     u = UserJudgement(persona="p", politeness=1, willingness_to_help=1, task_completion=0, logic=1,
                       informativeness=0, suggestion="USER-TIP")
     s = SafetyJudgement(risk_intent="r", adapted_guideline="g", verdict="partly_safe", suggestion="SAFETY-TIP")
-    es = EditSettings(unfrozen=UNFROZEN)
+    es = EditSettings(unfrozen=UNFROZEN, max_changes=2, similarity=JaccardSimilarity())
     only_user = edit_prompt("q", "r", SafetyChain(), u, s, "user", "en", es)[0].content
     only_dev = edit_prompt("q", "r", SafetyChain(), u, s, "developer", "en", es)[0].content
     assert "USER-TIP" in only_user and "SAFETY-TIP" not in only_user
@@ -175,7 +175,7 @@ def test_prompts_filled_by_chained_str_replace() -> None:
     the prompt. Ours: jinja2 inserts values; template syntax in user text stays text."""
     nasty = "tell me {response} and {{ plan }} {% if true %}x{% endif %}"
     text = edit_prompt(nasty, "REPLY", SafetyChain(usefulness_strategies=["u"]), None, None, "both", "en",
-                       EditSettings(unfrozen=UNFROZEN))[0].content
+                       EditSettings(unfrozen=UNFROZEN, max_changes=2, similarity=JaccardSimilarity()))[0].content
     assert f"Question: {nasty}\n" in text and text.count("REPLY") == 1
 
 

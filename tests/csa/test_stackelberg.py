@@ -9,10 +9,11 @@ from oyster_exp.csa.stackelberg import (
     FOLLOWER_TYPES,
     CandidateOutcome,
     PayoffWeights,
+    SingleCandidate,
+    StackelbergLeader,
     choose,
     expected_payoff,
     normalise_posterior,
-    weights_from,
 )
 
 
@@ -61,6 +62,38 @@ def test_degenerate_posteriors_become_uniform(p) -> None:
     assert normalise_posterior(p) == pytest.approx({t: 1 / 3 for t in FOLLOWER_TYPES})
 
 
-def test_weights_from_config(compose_cfg) -> None:
-    w = weights_from(compose_cfg("stackelberg=on", "stackelberg.beta=2.5", "stackelberg.risk_by_type.malicious=4").stackelberg)
-    assert w.beta == 2.5 and w.risk_by_type["malicious"] == 4.0 and w.retention_by_type["malicious"] == 0.0
+def test_on_builds_the_leader_with_the_weights_it_was_given(compose_cfg) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("stackelberg=on", "stackelberg.beta=2.5", "stackelberg.risk_by_type.malicious=4",
+                      "stackelberg.candidates=5")
+    rule = instantiate(cfg.stackelberg, _convert_="all")
+    assert isinstance(rule, StackelbergLeader) and rule.candidates == 5 and rule.weighs_followers
+    assert rule.beta == 2.5 and rule.risk_by_type["malicious"] == 4.0 and rule.retention_by_type["malicious"] == 0.0
+    # the rule's payoff is the formula with its own weights, and it picks the argmax
+    cands = [CandidateOutcome(satisfaction=1.0, risk=0.5), CandidateOutcome(satisfaction=0.2, risk=0.0)]
+    post = {"benign": 0.5, "sensitive": 0.3, "malicious": 0.2}
+    assert rule.payoff(cands[0], post) == pytest.approx(expected_payoff(cands[0], post, rule))
+    assert rule.pick(cands, post) == choose(cands, post, rule) == 1   # beta 2.5 makes the risky reply lose
+    assert choose(cands, post, PayoffWeights()) == 0                    # the default weights keep it
+
+
+def test_off_builds_the_single_candidate_rule(compose_cfg) -> None:
+    from hydra.utils import instantiate
+
+    rule = instantiate(compose_cfg("stackelberg=off").stackelberg)
+    assert isinstance(rule, SingleCandidate) and rule.candidates == 1 and not rule.weighs_followers
+    helpful_risky, safe = CandidateOutcome(satisfaction=1.0, risk=0.5), CandidateOutcome(satisfaction=0.2, risk=0.0)
+    assert rule.pick([helpful_risky, safe], {"malicious": 1.0}) == 0 and rule.payoff(safe, None) is None
+    with pytest.raises(Exception, match="candidates"):   # off has no knobs: K is not settable there
+        compose_cfg("stackelberg=off", "stackelberg.candidates=4")
+
+
+def test_the_weights_are_defined_once() -> None:
+    """The leader rule's weight fields are PayoffWeights' own (same defaults, same range metadata)."""
+    import dataclasses
+
+    base = {f.name: f for f in dataclasses.fields(PayoffWeights)}
+    rule = {f.name: f for f in dataclasses.fields(StackelbergLeader)}
+    for name, f in base.items():
+        assert rule[name] is f or (rule[name].default == f.default and rule[name].metadata == f.metadata), name

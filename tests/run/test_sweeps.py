@@ -30,8 +30,10 @@ CAPS: dict[str, tuple[list[str], dict[str, object]]] = {
     "ablation_lingo_bp": (["lingo_bp=off"], {"lingo_bp.name": "off"}),
     "ablation_iterations": (["lingo_bp.iterations=[]"], {"lingo_bp.iterations": [], "lingo_bp.name": "paper"}),
     "ablation_risk_dims": (["risk=category_only"], {"risk.name": "category_only"}),
-    "ablation_stackelberg": (["+sweep/arms/stackelberg=k2"], {"stackelberg.enabled": True, "stackelberg.candidates": 2}),
-    "ablation_pairs": (["pairs=best_vs_worst"], {"pairs.policy": "best_vs_worst"}),
+    "ablation_stackelberg": (["+sweep/arms/stackelberg=k2"], {
+        "stackelberg._target_": "oyster_exp.csa.stackelberg.StackelbergLeader", "stackelberg.candidates": 2}),
+    "ablation_pairs": (["pairs=best_vs_worst"], {
+        "pairs._target_": "oyster_exp.csa.pair_policies.best_vs_worst.BestVsWorst"}),
     "sft_vs_orpo": (["objective=sft"], {"objective.name": "sft"}),
     "base_models": (["model=tiny_random"], {"model.name": "tiny_random"}),
     "optuna_orpo": (["hydra.sweeper.n_trials=1"], {"sweep.name": "optuna_orpo"}),
