@@ -60,9 +60,6 @@ class LLMConfig:
 
 
 @dataclass
-
-
-@dataclass
 class PeftConfig:
     name: str = MISSING
     enabled: bool = False                 # False: full fine-tuning
