@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from oyster_exp.core.errors import StageError
+from oyster_exp.core.errors import DataError, StageError
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import QueryRecord
 from oyster_exp.data.seed import heldout_split, seed_path
@@ -35,8 +35,8 @@ class QueriesStage(Stage):
         data = ctx.cfg.data
         try:
             rows = load_query_file(_source_path(ctx))
-        except ValueError as e:  # names the file, line and field: report it, without a traceback
-            raise StageError(f"data: {e}") from None
+        except ValueError as e:  # names the file, line and field: one line on stderr, exit 2 (run.cli)
+            raise DataError(f"data: {e}") from None
         rows = [r for r in rows if r["language"] in set(data.languages)]
         if data.limit:
             rows = rows[: int(data.limit)]
