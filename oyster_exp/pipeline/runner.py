@@ -7,13 +7,14 @@ stage name and version, the resolved config slice, and the sha256 of every input
 finished entry is reused as is, an unfinished one (a killed run) is resumed record by record.
 
 Failure policy. A record that failed transiently (`csa.records`: an LLM call gave no usable answer) is
-not finished work: its stage's entry is sealed `PARTIAL`, not `COMPLETE`. The stages after it still run
-on what it produced (their records of its failed ones fail as "upstream", and its retried records change
-their input hashes, so a later rerun recomputes them too, from the call cache where nothing changed);
-the run ends with status `partial`. The next run of the same command drops exactly those records from the
-journal and redoes them, keeping every success, and restores the first run's record order. A stage whose
-transiently failed share is over `failure_policy.max_failed_share`, or all of whose records failed, stops
-the run with a `StageError` naming the stage, the count and the first reason (exit 1).
+not finished work: its stage's entry is sealed `PARTIAL`, not `COMPLETE`, and the run ends with status
+`partial`. The stages after a partial one still run on what it produced (for its failed records they write
+permanent "upstream" failures); once the failed records are redone, their input hash changes, so the next
+run recomputes them too, the unchanged requests coming from the call cache. That next run of the same
+command drops exactly the transiently failed records from the journal and redoes them, keeping every
+success, and restores the first run's record order. A stage whose transiently failed share is over
+`failure_policy.max_failed_share`, or all of whose records failed, stops the run with a `StageError` naming
+the stage, the count and the first reason (exit 1).
 """
 from __future__ import annotations
 
@@ -33,13 +34,7 @@ from oyster_exp.config.structured import FailurePolicyConfig
 from oyster_exp.core.errors import StageError
 from oyster_exp.core.hashing import file_hash, stable_hash
 from oyster_exp.llm.service import LLMService
-from oyster_exp.pipeline.artifacts import (
-    CacheEntry,
-    Journal,
-    link_or_copy_tree,
-    read_records,
-    write_records,
-)
+from oyster_exp.pipeline.artifacts import CacheEntry, Journal, link_or_copy_tree, read_records, write_records
 
 log = logging.getLogger(__name__)
 
