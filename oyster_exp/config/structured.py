@@ -215,6 +215,15 @@ class SweepConfig:
 
 
 @dataclass
+class FailurePolicyConfig:
+    """When failed LLM work stops a run (`pipeline.runner`): a stage whose transiently failed records are
+    over this share of its records, or all of them, ends the run with exit code 1. Under it the run goes on
+    and ends `partial`; either way the next run of the same command retries exactly those records."""
+
+    max_failed_share: float = field(default=0.2, metadata=_r(ge=0.0, le=1.0))
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: Any = MISSING                  # a model source component (conf/model; oyster_exp.models.sources)
@@ -239,6 +248,7 @@ class Config:
     experiment: Any = None                # set by experiment presets (name only)
     debug: Any = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    failure_policy: FailurePolicyConfig = field(default_factory=FailurePolicyConfig)
     dry_run: bool = False                 # build every object on the meta device, print estimates, run nothing
 
 

@@ -3,6 +3,12 @@
 Every record has a unique `id` within its artifact: the journal uses it to resume a killed stage
 without writing a record twice. A record that could not be produced is still written, with
 `failure` set to the reason, so nothing is silently dropped and failures are counted per stage.
+
+A failure is one of two kinds. `transient=True`: an LLM call gave no usable answer (transport error,
+timeout, 429/5xx, a refused request, a reply that stayed invalid after the retries); that record is not
+finished work, and the stage runner redoes it on the next run of the same command. Otherwise the failure is
+permanent: the data decided it (an upstream record failed, no pair passes the policy, nothing to train on),
+and a rerun would decide the same.
 """
 from __future__ import annotations
 
@@ -14,9 +20,33 @@ from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.replies import RiskAssessment, SafetyJudgement, UserJudgement
 
 
-class Record(BaseModel):
+class _OmitUnset(BaseModel):
+    """Optional fields added after a record type shipped are left out while unset (None), so a run
+    that does not use them writes the same bytes as before."""
+
+    _omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for key in self._omit_if_none:
+            if isinstance(data, dict) and data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class Record(_OmitUnset):
+    _omit_if_none = ("transient",)
+
     id: str
     failure: str | None = None
+    transient: bool | None = None          # True: the failure is worth retrying (see the module docstring);
+                                           # left out of the JSON while unset, so other records keep their bytes
+
+
+def transient_failure(reason: str) -> dict[str, Any]:
+    """The fields of a record whose LLM call failed: `Record(id=..., **transient_failure(reason))`."""
+    return {"failure": reason, "transient": True}
 
 
 class QueryRecord(Record):
@@ -46,20 +76,6 @@ class AssessmentRecord(Record):
 class ChainRecord(Record):
     chain: SafetyChain | None = None
 
-
-class _OmitUnset(BaseModel):
-    """Optional fields added after a record type shipped are left out while unset (None), so a run
-    that does not use them writes the same bytes as before."""
-
-    _omit_if_none: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _omit(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        for key in self._omit_if_none:
-            if isinstance(data, dict) and data.get(key) is None:
-                data.pop(key, None)
-        return data
 
 
 class TraceCandidate(BaseModel):
@@ -92,8 +108,8 @@ class TraceEntry(_OmitUnset):
     chosen: int | None = None              # index of the kept candidate
 
 
-class OptimizeRecord(Record, _OmitUnset):
-    _omit_if_none = ("follower_posterior", "stop_reason")
+class OptimizeRecord(Record):
+    _omit_if_none = ("transient", "follower_posterior", "stop_reason")
     query: str
     language: str = "en"
     trace: list[TraceEntry] = Field(default_factory=list)

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from oyster_exp.core.errors import DataError
 from oyster_exp.data.jsonl_files import jsonl_objects
 from oyster_exp.data.taxonomy import NO_RISK, Taxonomy, UnknownCategoryError, default_taxonomy
 
@@ -54,20 +55,20 @@ def _load(path: Path, tax: Taxonomy, seed: bool) -> list[dict[str, Any]]:
     for n, row in jsonl_objects(path):
         row = _check_row(row, tax, seed, where=f"{path}:{n}")
         if row["id"] in seen:
-            raise ValueError(f"{path}:{n}: field 'id': {row['id']!r} is a duplicate of line {seen[row['id']]}")
+            raise DataError(f"{path}:{n}: field 'id': {row['id']!r} is a duplicate of line {seen[row['id']]}")
         if seed and row["id"] != f"seed-{len(rows) + 1:04d}":
-            raise ValueError(f"{path}:{n}: field 'id': expected 'seed-{len(rows) + 1:04d}' (ids are sequential), "
+            raise DataError(f"{path}:{n}: field 'id': expected 'seed-{len(rows) + 1:04d}' (ids are sequential), "
                              f"got {row['id']!r}")
         seen[row["id"]] = n
         rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no queries (the file is empty)")
+        raise DataError(f"{path}: no queries (the file is empty)")
     return rows
 
 
 def _check_row(row: dict[str, Any], tax: Taxonomy, seed: bool, where: str) -> dict[str, Any]:
-    def fail(field: str, msg: str) -> ValueError:
-        return ValueError(f"{where}: field {field!r}: {msg}")
+    def fail(field: str, msg: str) -> DataError:
+        return DataError(f"{where}: field {field!r}: {msg}")
 
     if seed:
         missing = [k for k in KEYS if k not in row]

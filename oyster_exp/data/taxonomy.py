@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from oyster_exp.core.errors import DataError
+
 UNKNOWN = "Unknown Risk"
 NO_RISK = "No Risk"
 Lang = Literal["en", "cn"]
@@ -86,8 +88,8 @@ class Category(BaseModel):
         return _slug(self.name_en)
 
 
-class TaxonomyError(ValueError):
-    """A taxonomy source (workbook or YAML) is unusable; the message says where."""
+class TaxonomyError(DataError):
+    """A taxonomy source (workbook or YAML) is unusable; the message says where (file, sheet, row, column)."""
 
 
 class UnknownCategoryError(ValueError):
@@ -340,4 +342,9 @@ def _from_xlsx(path: str) -> Taxonomy:
 def taxonomy_for(cfg: Any) -> Taxonomy:
     """The taxonomy a run uses: the project's default, or the user's workbook (`risk.taxonomy_path`)."""
     path = cfg.risk.get("taxonomy_path")
-    return _from_xlsx(str(Path(str(path)).expanduser())) if path else default_taxonomy()
+    if not path:
+        return default_taxonomy()
+    try:
+        return _from_xlsx(str(Path(str(path)).expanduser()))
+    except TaxonomyError as e:   # the CLI prints a DataError as one line (exit 2): say which key pointed there
+        raise TaxonomyError(f"risk.taxonomy_path: {e}") from None

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from oyster_exp.core.errors import DataError
 from oyster_exp.data.jsonl_files import jsonl_objects
 from oyster_exp.data.taxonomy import Taxonomy, default_taxonomy
 
@@ -40,8 +41,8 @@ class ConstructiveItem(BaseModel):
 
 
 def _check(row: dict[str, Any], where: str, tax: Taxonomy) -> ConstructiveItem:
-    def fail(name: str, msg: str) -> ValueError:
-        return ValueError(f"{where}: field {name!r}: {msg}")
+    def fail(name: str, msg: str) -> DataError:
+        return DataError(f"{where}: field {name!r}: {msg}")
 
     for name in REQUIRED:
         if name not in row:
@@ -79,7 +80,7 @@ def load_constructive(path: Path | str, taxonomy: Taxonomy | None = None, limit:
     path = Path(path)
     tax = taxonomy or default_taxonomy()
     if not path.is_file():
-        raise ValueError(f"{path}: constructive-benchmark file not found")
+        raise DataError(f"{path}: constructive-benchmark file not found")
     items: list[ConstructiveItem] = []
     seen: dict[str, int] = {}
     for n, row in jsonl_objects(path):
@@ -87,11 +88,11 @@ def load_constructive(path: Path | str, taxonomy: Taxonomy | None = None, limit:
             break
         item = _check(row, f"{path}:{n}", tax)
         if item.id in seen:
-            raise ValueError(f"{path}:{n}: field 'id': {item.id!r} is a duplicate of line {seen[item.id]}")
+            raise DataError(f"{path}:{n}: field 'id': {item.id!r} is a duplicate of line {seen[item.id]}")
         seen[item.id] = n
         items.append(item)
     if not items:
-        raise ValueError(f"{path}: no queries (the file is empty)")
+        raise DataError(f"{path}: no queries (the file is empty)")
     return items
 
 

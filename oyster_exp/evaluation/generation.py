@@ -57,6 +57,9 @@ class Answer:
     think: str = ""                   # the reasoning phase, split off (kept in the record)
     failure: str | None = None
     think_closed_by_budget: bool = False  # the answer was forced after the reasoning ran out of budget
+    transient: bool = False           # the failure is a call that got no reply (retried on a rerun), not the
+                                      # subject's own behaviour (an empty reply, or one that only reasoned, is
+                                      # a measured failure of the model under test)
 
 
 def split_think(content: str) -> tuple[str, str]:
@@ -129,7 +132,7 @@ def generate(service: LLMService, conversations: Sequence[list[ChatMessage]], se
     answers = []
     for o in outs:
         if o.failure:
-            answers.append(Answer(failure=f"subject: {o.failure}"))
+            answers.append(Answer(failure=f"subject: {o.failure}", transient=o.no_reply))
         else:
             answers.append(make_answer(o.text, o.reasoning, settings.think))
     if settings.answer_after_think > 0:
@@ -158,7 +161,7 @@ def answer_after_reasoning(service: LLMService, conversations: Sequence[list[Cha
     for first, prefill, o in zip(ran_out, prefills, outs):
         if o.failure:
             answers.append(Answer(think=first.think, failure=f"subject: {THINK_RAN_OUT}; the forced answer: {o.failure}",
-                                  think_closed_by_budget=True))
+                                  think_closed_by_budget=True, transient=o.no_reply))
             continue
         a = make_answer(prefill + o.text, "", settings.think)
         a.think_closed_by_budget = True

@@ -101,10 +101,12 @@ def run_task(task: Task, model: str, service: LLMService, journal: Any, settings
                 meta["think"] = a.think
             if a.think_closed_by_budget:
                 meta["think_closed_by_budget"] = True
+            # a judge's failure is always a failed call; the subject's may be its own measured behaviour
+            transient = a.transient if a.failure else j.failure is not None
             journal.append(EvalRecord(
                 id=record_id(model, task.benchmark, it.item_id), model=model, benchmark=task.benchmark,
                 item_id=it.item_id, prompt=it.prompt, response=a.text, satisfaction=j.satisfaction, risk=j.risk,
-                verdict=j.verdict, failure=a.failure or j.failure, meta=meta))
+                verdict=j.verdict, failure=a.failure or j.failure, transient=transient or None, meta=meta))
 
 
 # --- benchmarks -------------------------------------------------------------------------------------

@@ -78,5 +78,10 @@ class CallCache:
         stored = self._retry(op)
         return response if stored == blob else ChatResponse.model_validate_json(stored)
 
+    def discard(self, keys: list[str]) -> None:
+        """Forget these replies (they never became an answer), so the next run asks for them again."""
+        if keys:
+            self._retry(lambda c: c.executemany("DELETE FROM calls WHERE key = ?", [(k,) for k in keys]))
+
     def __len__(self) -> int:
         return self._retry(lambda c: c.execute("SELECT COUNT(*) FROM calls").fetchone()[0])

@@ -4,6 +4,10 @@ The service is where replies become data: it consults the call cache, counts cal
 failures per stage and role, validates structured replies against their pydantic model, re-asks
 (with a new seed, so the retry is a different request) and, after the last attempt, returns a
 failure with its reason instead of raising or inventing a value.
+
+A failed outcome leaves nothing in the call cache: transport failures are never stored, and the replies
+of a conversation that stayed invalid through every attempt are removed again, so the rerun that retries
+the failed record (see `csa.records`) asks the backend anew instead of replaying the same bad replies.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ class Outcome(Generic[T]):
     reasoning: str = ""
     failure: str | None = None
     completion_tokens: int = 0
+    no_reply: bool = False          # the failure is that no reply came (transport, timeout, refused request),
+                                    # not a reply that failed its check
 
 
 @dataclass
@@ -97,12 +103,16 @@ class LLMService:
             enable_thinking=b.enable_thinking,
         )
 
+    def _keys(self, role: str, requests: list[ChatRequest]) -> list[str]:
+        client = self.roles[role].client
+        return [r.cache_key(client.backend, client.model_id) for r in requests]
+
     def _complete(self, role: str, requests: list[ChatRequest]) -> list[ChatResponse | str]:
         """Replies in order; a transport failure becomes its message (a string), never an exception."""
         client = self.roles[role].client
         out: list[ChatResponse | str | None] = [None] * len(requests)
         misses: list[int] = []
-        keys = [r.cache_key(client.backend, client.model_id) for r in requests]
+        keys = self._keys(role, requests)
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
@@ -142,6 +152,7 @@ class LLMService:
         """Ask, check each reply with `parse` (returns an Outcome or a failure reason), re-ask the rest."""
         results: list[Outcome[Any]] = [Outcome() for _ in conversations]
         pending = list(range(len(conversations)))
+        asked: dict[int, list[str]] = {}     # cache keys of every attempt per conversation
         json_schema = schema.model_json_schema() if schema is not None else None  # once per batch, not per request
         for attempt in range(self.max_retries + 1):
             if not pending:
@@ -151,9 +162,12 @@ class LLMService:
             reqs = [self._request(role, conversations[i], json_schema, attempt, max_tokens,
                                   seed_offsets[i] if seed_offsets else 0,
                                   temperatures[i] if temperatures else None) for i in pending]
+            if self.cache is not None:
+                for i, key in zip(pending, self._keys(role, reqs)):
+                    asked.setdefault(i, []).append(key)
             still = []
             for i, reply in zip(pending, self._complete(role, reqs)):
-                out = Outcome(failure=reply) if isinstance(reply, str) else parse(reply)
+                out = Outcome(failure=reply, no_reply=True) if isinstance(reply, str) else parse(reply)
                 results[i] = out
                 if out.failure is not None:
                     still.append(i)
@@ -164,6 +178,8 @@ class LLMService:
             self.usage.add(self.stage, role, "failures")
             log.warning("%s/%s: gave up after %d attempts: %s", self.stage, role, self.max_retries + 1,
                         results[i].failure)
+        if pending and self.cache is not None:
+            self.cache.discard([k for i in pending for k in asked.get(i, [])])
         return results
 
     def text(self, role: str, conversations: list[list[ChatMessage]], max_tokens: int | None = None,

@@ -4,6 +4,9 @@ A stage writes its records into the journal of its cache entry
 (`<cache>/<stage>/<key>/records.jsonl`): a killed run leaves a valid prefix there, and the same
 command computes the same key, so the rerun resumes from that prefix. Once the stage completes, a
 `COMPLETE` marker seals the entry and the records are copied to the run's `artifacts/<stage>.jsonl`.
+A stage that ended with transiently failed records gets a `PARTIAL` marker instead (with the counts):
+the entry serves as input, but the next run of that stage drops exactly those records from the journal
+and redoes them (`pipeline.runner`); `order.json` keeps the first run's record order meanwhile.
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
+
+
+PARTIAL = "PARTIAL"
 
 
 class JournalError(RuntimeError):
@@ -116,12 +122,16 @@ def read_records(path: Path, record_type: type[R]) -> list[R]:
     return out
 
 
-def write_records(path: Path, records: Iterable[BaseModel]) -> None:
+def write_records(path: Path, records: Iterable[BaseModel], durable: bool = False) -> None:
+    """Replace `path` atomically; `durable` fsyncs first (a journal rewritten in place must survive a crash)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(r.model_dump_json() + "\n")
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     tmp.replace(path)
 
 
@@ -140,10 +150,31 @@ class CacheEntry:
     def complete(self) -> bool:
         return (self.dir / "COMPLETE").exists()
 
-    def mark_complete(self, summary: dict[str, Any]) -> None:
-        tmp = self.dir / "COMPLETE.tmp"
+    @property
+    def partial(self) -> bool:
+        """Finished, but with transiently failed records that the next run of the stage redoes."""
+        return (self.dir / PARTIAL).exists()
+
+    @property
+    def order_path(self) -> Path:
+        return self.dir / "order.json"
+
+    def _mark(self, name: str, summary: dict[str, Any]) -> None:
+        tmp = self.dir / f"{name}.tmp"
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-        tmp.replace(self.dir / "COMPLETE")
+        tmp.replace(self.dir / name)
+
+    def mark_complete(self, summary: dict[str, Any]) -> None:
+        self._mark("COMPLETE", summary)
+        self.unmark_partial()
+        self.order_path.unlink(missing_ok=True)
+
+    def mark_partial(self, summary: dict[str, Any]) -> None:
+        self._mark(PARTIAL, summary)
+
+    def unmark_partial(self) -> None:
+        """Back to unfinished (a retry is under way): a run killed meanwhile resumes instead of reusing it."""
+        (self.dir / PARTIAL).unlink(missing_ok=True)
 
     def reset(self) -> None:
         if self.dir.exists():

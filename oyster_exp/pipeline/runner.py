@@ -5,10 +5,21 @@ queries -> generate -> assess -> extract -> optimize -> pairs -> train -> evalua
 Each stage is a function of (its config slice, its input artifacts). Its cache key hashes the
 stage name and version, the resolved config slice, and the sha256 of every input artifact; a
 finished entry is reused as is, an unfinished one (a killed run) is resumed record by record.
+
+Failure policy. A record that failed transiently (`csa.records`: an LLM call gave no usable answer) is
+not finished work: its stage's entry is sealed `PARTIAL`, not `COMPLETE`, and the run ends with status
+`partial`. The stages after a partial one still run on what it produced (for its failed records they write
+permanent "upstream" failures); once the failed records are redone, their input hash changes, so the next
+run recomputes them too, the unchanged requests coming from the call cache. That next run of the same
+command drops exactly the transiently failed records from the journal and redoes them, keeping every
+success, and restores the first run's record order. A stage whose transiently failed share is over
+`failure_policy.max_failed_share`, or all of whose records failed, stops the run with a `StageError` naming
+the stage, the count and the first reason (exit 1).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -19,6 +30,7 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel
 
+from oyster_exp.config.structured import FailurePolicyConfig
 from oyster_exp.core.errors import StageError
 from oyster_exp.core.hashing import file_hash, stable_hash
 from oyster_exp.llm.service import LLMService
@@ -143,31 +155,34 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
     stats = ctx.stats[stage.name]
     stats["key"] = key[:20]
     t0 = time.time()
-    if (not stage.cacheable or not ctx.cfg.stage_cache) and entry.complete:
+    if (not stage.cacheable or not ctx.cfg.stage_cache) and (entry.complete or entry.partial):
         entry.reset()
     with (contextlib.nullcontext() if stage.joins_ranks and nonzero_rank() else entry.lock()):
-        if entry.complete:
-            stats["cache"] = "hit"
-            log.info("stage %-8s cache hit (%s)", stage.name, entry.dir)
+        if entry.complete or (entry.partial and not run_it):
+            stats["cache"] = "hit" if entry.complete else "partial"
+            log.info("stage %-8s cache %s (%s)", stage.name, stats["cache"], entry.dir)
             records = read_records(entry.records_path, stage.record_type)
         else:
             if not run_it:
                 raise StageError(f"stage {stage.name!r} is needed as input but has no finished result for this "
                                  f"config; run it first (stage=[{stage.name},...]) or with stage=all")
+            retried = drop_transient_failures(entry, stage.record_type)
             journal = Journal(entry.records_path, stage.record_type)
             resumed = len(journal)
-            stats["cache"] = "resumed" if resumed else "miss"
+            stats["cache"] = "retried" if retried else "resumed" if resumed else "miss"
             stats["resumed_records"] = resumed
-            log.info("stage %-8s running%s", stage.name, f" (resuming after {resumed} records)" if resumed else "")
+            if retried:
+                stats["retried_records"] = retried
+            log.info("stage %-8s running%s", stage.name,
+                     f" (redoing {retried} failed records, keeping {resumed})" if retried else
+                     f" (resuming after {resumed} records)" if resumed else "")
             ctx.current_stage = stage.name
             try:
                 stage.run(ctx, inputs, journal, entry)
             finally:
                 journal.close()
                 ctx.current_stage = "-"
-            records = read_records(entry.records_path, stage.record_type)
-            entry.mark_complete({"stage": stage.name, "records": len(records),
-                                 "failures": sum(1 for r in records if getattr(r, "failure", None))})
+            records = seal(entry, stage.name, stage.record_type)
     ctx.outputs[stage.name] = records
     write_records(ctx.artifacts_dir / f"{stage.name}.jsonl", records)
     files = entry.dir / "files"
@@ -179,3 +194,81 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
     stats["records"] = len(records)
     stats["failures"] = sum(1 for r in records if getattr(r, "failure", None))
     stats["seconds"] = round(time.time() - t0, 2)
+    check_failures(ctx, stage.name, records)
+
+
+# -- failure policy (see the module docstring) -------------------------------------------------------------
+
+def is_transient(record: BaseModel) -> bool:
+    """A failed record worth redoing (`transient=True`); record types without the field never are."""
+    return bool(getattr(record, "failure", None)) and bool(getattr(record, "transient", None))
+
+
+def _failure_counts(records: list[Any]) -> dict[str, Any]:
+    failed = [r for r in records if is_transient(r)]
+    return {"records": len(records), "failures": sum(1 for r in records if getattr(r, "failure", None)),
+            "transient_failures": len(failed), "first_failure": failed[0].failure if failed else None}
+
+
+def drop_transient_failures(entry: CacheEntry, record_type: type[BaseModel]) -> int:
+    """Before a stage runs on an existing journal: remove its transiently failed records (the stage then
+    redoes them like never-started ones) and remember the journal's order for `seal`; returns how many."""
+    if not entry.records_path.exists():
+        return 0
+    journal = Journal(entry.records_path, record_type)   # opening it repairs a torn tail (a killed run)
+    records = journal.records()
+    journal.close()
+    failed = [r for r in records if is_transient(r)]
+    if not failed:
+        return 0
+    if not entry.order_path.exists():   # a retry killed before sealing keeps the first run's order
+        entry.order_path.write_text(json.dumps([r.id for r in records]))  # type: ignore[attr-defined]
+    entry.unmark_partial()
+    write_records(entry.records_path, [r for r in records if not is_transient(r)], durable=True)
+    return len(failed)
+
+
+def seal(entry: CacheEntry, name: str, record_type: type[BaseModel]) -> list[Any]:
+    """The stage's records, in the first run's order if some were redone; marks the entry COMPLETE, or
+    PARTIAL while transiently failed records remain."""
+    records = read_records(entry.records_path, record_type)
+    if entry.order_path.exists():
+        rank = {rid: i for i, rid in enumerate(json.loads(entry.order_path.read_text()))}
+        ordered = sorted(records, key=lambda r: rank.get(r.id, len(rank)))  # type: ignore[attr-defined]
+        if ordered != records:
+            write_records(entry.records_path, ordered, durable=True)
+            records = ordered
+    counts = {"stage": name, **_failure_counts(records)}
+    if counts["transient_failures"]:
+        entry.mark_partial(counts)
+    else:
+        entry.mark_complete(counts)
+    return records
+
+
+def failure_share_limit(cfg: DictConfig) -> float:
+    value = OmegaConf.select(cfg, "failure_policy.max_failed_share", default=None)
+    return float(value if value is not None else FailurePolicyConfig.max_failed_share)
+
+
+def check_failures(ctx: RunContext, name: str, records: list[Any]) -> None:
+    """Note a stage's transient failures in its stats; stop the run when they are over the threshold."""
+    counts = _failure_counts(records)
+    n, total = counts["transient_failures"], counts["records"]
+    ctx.stats[name]["transient_failures"] = n
+    if not n:
+        return
+    first = " ".join(str(counts["first_failure"]).split())[:200]
+    ctx.stats[name]["first_failure"] = first
+    limit = failure_share_limit(ctx.cfg)
+    if n == total or n / total > limit:
+        raise StageError(f"stage {name}: {n}/{total} records failed (first: {first}); over "
+                         f"failure_policy.max_failed_share={limit:g}, the next run of the same command retries them")
+    log.warning("stage %-8s %d/%d records failed (first: %s); the next run of the same command retries them",
+                name, n, total, first)
+
+
+def partial_stages(ctx: RunContext) -> list[str]:
+    """One line per stage of this run that kept transiently failed records (the run's status is `partial`)."""
+    return [f"stage {name}: {st['transient_failures']}/{st['records']} records failed (first: {st['first_failure']})"
+            for name, st in ctx.stats.items() if st.get("transient_failures")]

@@ -1,7 +1,11 @@
 """`oyster-exp`: the Hydra entry point. Thin: validate, print the config, run the stage graph.
 
 Config errors (wrong type, out-of-range value, unknown option) are caught before any model
-loads and reported as one line with exit code 2, no traceback.
+loads and reported as one line with exit code 2, no traceback; so are data errors (a malformed
+query file, benchmark file or taxonomy workbook: `core.errors.DataError`), found when their stage runs.
+A stage that cannot run, or one over `failure_policy.max_failed_share`, ends the run with one line on
+stderr and exit code 1. A run that finished with transiently failed records under that threshold exits 0
+with status `partial` in `manifest.json` and one warning line per such stage on stderr.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from oyster_exp.run.components import register_all
 log = logging.getLogger("oyster_exp")
 CONF_DIR = conf_dir()
 EXIT_CONFIG = 2
+EXIT_STAGE = 1
 
 
 def register_resolvers() -> None:
@@ -161,10 +166,10 @@ def finish_loggers(loggers: list[object], ok: bool) -> None:
 
 def run(cfg: DictConfig) -> float:
     """Run the stage graph; return the report headline named by `sweep.objective` (Optuna's objective)."""
-    from oyster_exp.core.errors import StageError
+    from oyster_exp.core.errors import DataError, StageError
     from oyster_exp.llm.factory import clear_local_clients
     from oyster_exp.llm.usage_report import log_run_usage
-    from oyster_exp.pipeline.runner import RunContext, run_pipeline
+    from oyster_exp.pipeline.runner import RunContext, partial_stages, run_pipeline
     from oyster_exp.run.manifest import write_manifest
     from oyster_exp.stages import default_stages
 
@@ -172,23 +177,32 @@ def run(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     print_config_tree(cfg, run_dir / "config_tree.txt", bool(cfg.print_config))
     ctx = RunContext(cfg=cfg, run_dir=run_dir, cache_root=Path(str(cfg.paths.cache_dir)))
-    status = "failed"
+    status, reason = "failed", None
     try:
         ctx.loggers = build_loggers(cfg)
         from oyster_exp.run.sweep_arm import arm_overrides, inject_test_fault, objective_value
 
         run_pipeline(ctx, inject_test_fault(default_stages(), arm_overrides()))
-        status = "completed"
-        log.info("run complete: %s", run_dir)
-    except StageError as e:
-        status = f"failed: {e}"
+        partial = partial_stages(ctx)
+        if partial:
+            status, reason = "partial", "; ".join(partial)
+            for line in partial:
+                print(f"oyster-exp: {line}; the next run of the same command retries them", file=sys.stderr)
+            log.info("run partial: %s", run_dir)
+        else:
+            status = "completed"
+            log.info("run complete: %s", run_dir)
+    except (DataError, StageError) as e:
+        reason = str(e)
         log.error("%s", e)
-        raise SystemExit(1) from None
+        kind = "data error: " if isinstance(e, DataError) else ""
+        print(f"oyster-exp: {kind}{' '.join(reason.split())}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG if isinstance(e, DataError) else EXIT_STAGE) from None
     except BaseException as e:
-        status = f"failed: {type(e).__name__}: {e}"
+        reason = f"{type(e).__name__}: {e}"
         raise
     finally:
-        write_manifest(ctx, status, started)
+        write_manifest(ctx, status, started, reason)
         log_run_usage(ctx)  # LLM calls/tokens/failures/retries per stage and role into the W&B run
         finish_loggers(ctx.loggers, status == "completed")
         clear_local_clients()

@@ -74,12 +74,15 @@ def split_usage(by_stage_role: dict[str, dict[str, int]]) -> tuple[dict[str, int
     return engine, evaluation
 
 
-def build_manifest(ctx: RunContext, status: str, started: float) -> dict[str, Any]:
+def build_manifest(ctx: RunContext, status: str, started: float, reason: str | None = None) -> dict[str, Any]:
+    """`status` is completed, partial (transiently failed records remain, see `pipeline.runner`) or failed;
+    `reason` says why for the last two."""
     usage = ctx.service.usage.as_dict() if ctx.service_started else {"total": {}, "by_stage_role": {}}
     total, ev = split_usage(usage["by_stage_role"])
     requests = usage["total"].get("structured_requests", 0)
     return {
         "status": status,
+        **({"reason": reason} if reason else {}),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 2),
         "git": git_state(Path(str(ctx.cfg.paths.root_dir))),
@@ -107,6 +110,8 @@ def build_manifest(ctx: RunContext, status: str, started: float) -> dict[str, An
             else None,
             "records": {k: v["records"] for k, v in ctx.stats.items() if "records" in v},
             "failures": {k: v["failures"] for k, v in ctx.stats.items() if "failures" in v},
+            "transient_failures": {k: v["transient_failures"] for k, v in ctx.stats.items()
+                                   if v.get("transient_failures")},
             "stage_cache": {k: v["cache"] for k, v in ctx.stats.items() if "cache" in v},
             "stage_seconds": {k: v["seconds"] for k, v in ctx.stats.items() if "seconds" in v},
         },
@@ -115,7 +120,7 @@ def build_manifest(ctx: RunContext, status: str, started: float) -> dict[str, An
     }
 
 
-def write_manifest(ctx: RunContext, status: str, started: float) -> Path:
+def write_manifest(ctx: RunContext, status: str, started: float, reason: str | None = None) -> Path:
     path = ctx.run_dir / "manifest.json"
-    path.write_text(json.dumps(strip_secrets(build_manifest(ctx, status, started)), indent=2))
+    path.write_text(json.dumps(strip_secrets(build_manifest(ctx, status, started, reason)), indent=2))
     return path

@@ -5,7 +5,8 @@ every job. Here each arm runs inside `run_arm`, which records the outcome instea
 
 * `<sweep dir>/ledger.jsonl`: one line per arm of this sweep (status completed | failed | skipped,
   the reason of a failure, seconds, the objective value), appended by the job itself so it works the
-  same under the basic, joblib and Slurm launchers;
+  same under the basic, joblib and Slurm launchers; an arm whose run ended `partial` (records whose LLM
+  calls failed remain, see `pipeline.runner`) counts as failed, so the rerun of the sweep retries it;
 * `<cache dir>/arms/<key>.json`: the last outcome of an arm config across sweeps, keyed by the hash of
   its resolved config (paths, display switches, loggers and the sweep's own switches left out). A rerun
   of the same sweep command skips an arm whose key finished before: it copies that arm's results into
@@ -227,6 +228,8 @@ def run_arm(cfg: DictConfig, runner: Callable[[DictConfig], float | None]) -> fl
     status, reason, error = "completed", None, None
     try:
         runner(cfg)
+        if _manifest_status(arm_dir).startswith("partial"):   # not finished work: the sweep's rerun redoes it
+            status, reason = "failed", _manifest_status(arm_dir)
     except KeyboardInterrupt:
         raise
     except BaseException as e:
@@ -248,9 +251,12 @@ def run_arm(cfg: DictConfig, runner: Callable[[DictConfig], float | None]) -> fl
 
 
 def _manifest_status(arm_dir: Path) -> str:
+    """The run's status with its reason ("partial: stage generate: 2/6 records failed (...)")."""
     path = arm_dir / "manifest.json"
     if path.exists():
-        return str(json.loads(path.read_text()).get("status", "failed"))
+        data = json.loads(path.read_text())
+        status = str(data.get("status", "failed"))
+        return f"{status}: {data['reason']}" if data.get("reason") else status
     return "failed (no manifest)"
 
 

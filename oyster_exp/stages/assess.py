@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from oyster_exp.csa.assessment import RiskSettings, guidelines_for, reply_model, to_assessment
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.records import AssessmentRecord, QueryRecord
+from oyster_exp.csa.records import AssessmentRecord, QueryRecord, transient_failure
 from oyster_exp.csa.replies import NO_RISK
 from oyster_exp.csa.stackelberg import FOLLOWER_TYPES
 from oyster_exp.data.taxonomy import Taxonomy, taxonomy_for
@@ -64,7 +64,7 @@ class AssessStage(Stage):
             for q, out in zip(batch, outs):
                 if out.value is None:
                     journal.append(AssessmentRecord(id=q.id, language=q.language,
-                                                    failure=f"assessor: {out.failure or 'no reply'}"))
+                                                    **transient_failure(f"assessor: {out.failure or 'no reply'}")))
                 else:
                     journal.append(record_for(q, out.value, tax, s))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from oyster_exp.core.errors import StageError
+from oyster_exp.core.errors import DataError, StageError
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import EvalRecord
 from oyster_exp.data.taxonomy import taxonomy_for
@@ -186,8 +186,8 @@ class EvaluateStage(Stage):
                     tasks.append(suite.Task("over_refusal", split, skipped=missing["over_refusal"]))
                 else:
                     tasks.append(suite.over_refusal_task(items, split, judge, bool(orc.string_match), sp))
-        except ValueError as e:  # loaders name the file, line and field
-            raise StageError(f"eval: {e}") from None
+        except ValueError as e:  # loaders name the file, line and field: a data error (exit 2, run.cli)
+            raise DataError(f"eval: {e}") from None
         return tasks
 
     def _capability(self, ctx: RunContext, journal: Journal, model: str, path: str | None) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.records import ChainRecord
+from oyster_exp.csa.records import ChainRecord, transient_failure
 from oyster_exp.csa.replies import ChainReply
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
@@ -35,5 +35,7 @@ class ExtractStage(Stage):
                     journal.append(ChainRecord(id=g.id, failure=f"upstream: {g.failure}"))
                     continue
                 out = outs[g.id]
-                chain = SafetyChain(**out.value.model_dump()) if out.value else None
-                journal.append(ChainRecord(id=g.id, chain=chain, failure=out.failure if chain is None else None))
+                if out.value is None:
+                    journal.append(ChainRecord(id=g.id, **transient_failure(f"editor: {out.failure or 'no reply'}")))
+                else:
+                    journal.append(ChainRecord(id=g.id, chain=SafetyChain(**out.value.model_dump())))

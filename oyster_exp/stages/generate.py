@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from oyster_exp.csa.prompts import render
-from oyster_exp.csa.records import GenerationRecord, QueryRecord
+from oyster_exp.csa.records import GenerationRecord, QueryRecord, transient_failure
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
@@ -49,5 +49,6 @@ class GenerateStage(Stage):
                 failure = a.failure or (t.failure if t else None)
                 journal.append(GenerationRecord(
                     id=q.id, query=q.query, language=q.language, response=a.text,
-                    think=a.reasoning or (t.text if t else ""), failure=failure,
+                    think=a.reasoning or (t.text if t else ""),
+                    **(transient_failure(f"actor: {failure}") if failure else {}),
                 ))

@@ -13,7 +13,7 @@ from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.lingo_bp import MODES, EditSettings, LingoBPSettings, lingo_schedule
 from oyster_exp.csa.optimize import LoopSettings, QueryInput, QueryResult, best_index, optimize_batch
 from oyster_exp.csa.players import judge_item_for
-from oyster_exp.csa.records import OptimizeRecord
+from oyster_exp.csa.records import OptimizeRecord, transient_failure
 from oyster_exp.csa.stackelberg import LeaderRule, normalise_posterior
 from oyster_exp.data.taxonomy import taxonomy_for
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
@@ -46,10 +46,11 @@ def settings_from(cfg: Any, actor_max_tokens: int | None = None) -> LoopSettings
 
 
 def record_from(res: QueryResult, s: LoopSettings) -> OptimizeRecord:
+    """A query's loop result; with no judged entry at all, a transient failure (its judge or actor calls failed)."""
     it, best = res.item, best_index(res.trace, s.later_wins_ties)
     failure = None if best is not None else (res.trace[0].failure if res.trace else None) or "no judged trace entry"
     return OptimizeRecord(id=it.id, query=it.query, language=it.lang, trace=res.trace, best_index=best,
-                          failure=failure, stop_reason=res.stop_reason,
+                          **(transient_failure(failure) if failure else {}), stop_reason=res.stop_reason,
                           follower_posterior=normalise_posterior(it.posterior) if s.leader.weighs_followers else None)
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from hydra.utils import instantiate
 
-from oyster_exp.core.errors import StageError
+from oyster_exp.core.errors import DataError, StageError
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import QueryRecord
 from oyster_exp.data.seed import heldout_split
@@ -34,8 +34,8 @@ class QueriesStage(Stage):
         source = query_source(ctx)
         try:
             rows = source.rows()
-        except ValueError as e:  # names the file, line and field: report it, without a traceback
-            raise StageError(f"data: {e}") from None
+        except ValueError as e:  # names the file, line and field: one line on stderr, exit 2 (run.cli)
+            raise DataError(f"data: {e}") from None
         for r in rows:
             if r["id"] in journal:
                 continue

@@ -277,8 +277,10 @@ def make_app(state: ServerState) -> Any:
 
 @contextmanager
 def serve(latency_s: float = 0.0, faults: Faults | None = None, seed: int = 0, keep_bodies: bool = True,
-          api_key: str | None = None) -> Iterator[tuple[str, ServerState]]:
-    """Run the server on 127.0.0.1 (a free port) in a background thread; yields (OpenAI base_url, state).
+          api_key: str | None = None, port: int = 0) -> Iterator[tuple[str, ServerState]]:
+    """Run the server on 127.0.0.1 in a background thread; yields (OpenAI base_url, state).
+
+    `port` 0 takes a free one; a fixed port is a server coming back where a run found none.
 
     `state.dashscope_url` is the native root for the DashScope SDK; `api_key` makes that route
     answer 401 to any other key."""
@@ -290,7 +292,7 @@ def serve(latency_s: float = 0.0, faults: Faults | None = None, seed: int = 0, k
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(make_app(state), access_log=None)
     loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     loop.run_until_complete(site.start())
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -310,7 +312,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.2)
     args = ap.parse_args()
-    with serve(latency_s=args.latency, keep_bodies=False) as (url, state):
+    with serve(latency_s=args.latency, keep_bodies=False, port=args.port) as (url, state):
         print(url, flush=True)              # line 1: the OpenAI-compatible root
         print(state.dashscope_url, flush=True)  # line 2: the DashScope native root
         threading.Event().wait()

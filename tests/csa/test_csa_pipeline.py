@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from oyster_exp.csa.records import AssessmentRecord, OptimizeRecord, PairRecord
+from oyster_exp.csa.records import AssessmentRecord, GenerationRecord, OptimizeRecord, PairRecord
 from oyster_exp.pipeline.artifacts import read_records
 from oyster_exp.testing.loopback import Faults, serve
 
@@ -43,6 +43,7 @@ def _write_queries(tmp_path: Path) -> Path:
 
 
 def _cli(tmp_path: Path, *overrides: str, timeout: int = 600) -> Path:
+    """The run's directory; the run must exit 0 (completed, or partial under the failure threshold)."""
     out = tmp_path / "outputs"
     env = {**os.environ, "OYSTER_EXP_OUTPUTS": str(out), "WANDB_MODE": "disabled"}
     p = subprocess.run([sys.executable, "-m", "oyster_exp.run.cli", "print_config=false", "logger=none", TO_PAIRS,
@@ -84,12 +85,20 @@ def _assert_no_gaps(run: Path) -> tuple[list[AssessmentRecord], list[OptimizeRec
 def test_backend_errors_over_http_end_as_failure_records_not_gaps(tmp_path: Path) -> None:
     """Regression (reference §10.3 #7): the reference swallowed API errors into empty strings."""
     with serve(faults=Faults(rate_500=0.25), seed=5) as (url, state):
+        # a quarter of the calls fail: tolerate it (the default threshold would stop the run at 20%)
         run = _cli(tmp_path, "llm=openai", f"llm.base_url={url}", "llm.max_retries=0", "pairs=refusal_as_rejected",
-                   *(f"llm.roles.{r}.client.max_attempts=1" for r in ROLES), timeout=300)
+                   "failure_policy.max_failed_share=0.9", *(f"llm.roles.{r}.client.max_attempts=1" for r in ROLES),
+                   timeout=300)
         assert state.requests > 20
     assess, opt, pairs = _assert_no_gaps(run)
     failures = [r.failure for r in [*assess, *opt, *pairs] if r.failure]
     assert failures and any("HTTP 500" in f for f in failures), "the injected errors are named in the records"
+    generate = read_records(run / "artifacts" / "generate.jsonl", GenerationRecord)
+    own = [r for r in [*generate, *assess, *opt] if r.failure and not r.failure.startswith("upstream:")]
+    assert own and all(r.transient for r in own), "a failed call is worth retrying"
+    assert not any(r.transient for r in [*opt, *pairs] if r.failure and r.failure.startswith("upstream:"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "partial" and manifest["counters"]["transient_failures"], "failed work is not done"
     ok = [p for p in pairs if p.failure is None]
     assert ok, "queries that got through still make pairs"
     assert all(p.language in ("en", "cn") and p.policy == "refusal_as_rejected" for p in ok)

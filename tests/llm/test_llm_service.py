@@ -83,3 +83,28 @@ def test_call_cache_makes_reruns_free(tmp_path: Path) -> None:
     assert svc2.text("actor", [_conv()])[0].text == "hello"
     assert svc2.usage.totals()["calls"] == 0 and svc2.usage.totals()["cache_hits"] == 1
     assert c2.requests == []
+
+
+def test_replies_that_stayed_invalid_leave_the_call_cache_so_a_rerun_asks_again(tmp_path: Path) -> None:
+    """A failed outcome is not an answer: the rerun that retries its record must reach the backend."""
+    cache = CallCache(tmp_path / "calls.sqlite")
+    good = '{"verdict": "safe", "score": 1}'
+    client = ScriptedClient([good, "not json", '{"verdict": "safe"'])   # a: valid; b: invalid twice
+    svc = LLMService({"judge": RoleBinding(client=client)}, cache=cache, max_retries=1)
+    a, b = svc.structured("judge", [_conv("a"), _conv("b")], Verdict)
+    assert a.value is not None and b.failure is not None and not b.no_reply
+    assert len(cache) == 1, "only the valid reply stays cached"
+    again = ScriptedClient([good])
+    svc2 = LLMService({"judge": RoleBinding(client=again)}, cache=CallCache(tmp_path / "calls.sqlite"), max_retries=1)
+    a2, b2 = svc2.structured("judge", [_conv("a"), _conv("b")], Verdict)
+    assert a2.value == a.value and b2.value == Verdict(verdict="safe", score=1)
+    assert [r.messages[0].content for r in again.requests] == ["b"], "the success came from the cache"
+    assert svc2.usage.totals()["cache_hits"] == 1 and svc2.usage.totals()["calls"] == 1
+
+
+def test_a_transport_failure_is_marked_as_no_reply() -> None:
+    out = LLMService({"actor": RoleBinding(client=BrokenClient())}, max_retries=0).text("actor", [_conv()])[0]
+    assert out.no_reply and out.failure
+    blank = ScriptedClient(["  "])
+    empty = LLMService({"actor": RoleBinding(client=blank)}, max_retries=0).text("actor", [_conv()])[0]
+    assert empty.failure == "empty reply" and not empty.no_reply

@@ -167,6 +167,7 @@ def test_a_bad_query_file_is_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "queries.jsonl"
     bad.write_text('{"id": "a", "query": "hello"}\n{"id": "b", "query": "hi", "language": "de"}\n')
     p = _run(tmp_path / "outputs", *TINY, "data=file", f"data.path={bad}")
-    assert p.returncode == 1
-    assert "queries.jsonl:2" in p.stdout + p.stderr and "language" in p.stdout + p.stderr
+    assert p.returncode == 2, "a data error exits like a config error"
+    (line,) = [x for x in p.stderr.splitlines() if x.startswith("oyster-exp:")]
+    assert line.startswith("oyster-exp: data error: data: ") and "queries.jsonl:2: field 'language'" in line
     assert "Traceback" not in p.stdout + p.stderr
