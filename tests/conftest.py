@@ -30,6 +30,9 @@ def compose_cfg():
     from hydra import compose, initialize_config_dir
 
     import oyster_exp.run.cli  # noqa: F401 - registers the schema and resolvers
+    from oyster_exp.run.components import register_all
+
+    register_all()  # what the CLI does at import; explicit so the helper does not rely on that
 
     def _compose(*overrides: str):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -25,6 +25,7 @@ from oyster_exp.config.errors import (
 )
 from oyster_exp.config.locate import conf_dir, project_root
 from oyster_exp.config.structured import register_configs, validate_config
+from oyster_exp.run.components import register_all
 
 log = logging.getLogger("oyster_exp")
 CONF_DIR = conf_dir()
@@ -47,6 +48,7 @@ def register_resolvers() -> None:
 
 
 register_configs()
+register_all()
 register_resolvers()
 
 
