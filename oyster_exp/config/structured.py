@@ -88,11 +88,6 @@ class TrainingConfig:
     sample_max_new_tokens: int = field(default=48, metadata=_r(ge=1))
 
 
-class EvalBackend(str, Enum):
-    local = "local"                # the model under test in-process (transformers, padded batches)
-    openai = "openai"              # an OpenAI-compatible server (vLLM, SGLang) serving the model under test
-
-
 class ThinkMode(str, Enum):
     strip = "strip"                # judge the answer only; the <think> part is kept in the record
     keep = "keep"                  # judge reasoning and answer together
@@ -101,60 +96,6 @@ class ThinkMode(str, Enum):
 class OnMissingData(str, Enum):
     error = "error"                # a configured benchmark file that is missing stops the run
     skip = "skip"                  # ... or becomes a counted skip record (CPU demo without shared data)
-
-
-class ConstructionSource(str, Enum):
-    heldout = "heldout"            # the held-out split of the run's query set (the seed set by default)
-    file = "file"                  # a constructive-benchmark JSONL at eval.construction.path
-
-
-@dataclass
-class ConstructionEvalConfig:
-    enabled: bool = True
-    source: ConstructionSource = ConstructionSource.heldout
-    path: str | None = None
-    alpha: float = field(default=1.0, metadata=_r(ge=0.0))
-    betas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0])
-    headline_beta: float = field(default=2.0, metadata=_r(ge=0.0))
-    limit: int | None = field(default=None, metadata=_r(ge=1))
-
-
-@dataclass
-class StrataSwordEvalConfig:
-    enabled: bool = True
-    path: str = MISSING
-    languages: list[str] = field(default_factory=lambda: ["en"])
-    levels: list[int] = field(default_factory=lambda: [1])
-    limit: int | None = field(default=None, metadata=_r(ge=1))
-    classify: bool = True                 # judge classifies each prompt into a category first (its rule guides)
-
-
-@dataclass
-class HarmBenchEvalConfig:
-    enabled: bool = False
-    path: str | None = None
-    limit: int | None = field(default=None, metadata=_r(ge=1))
-    skip_copyright: bool = True           # copyright behaviours need HarmBench's hash classifier
-
-
-@dataclass
-class OverRefusalEvalConfig:
-    enabled: bool = False
-    probes: bool = True                   # the project's packaged probe set
-    path: str | None = None               # an XSTest-format CSV (id, prompt, type, label, focus, note)
-    languages: list[str] = field(default_factory=lambda: ["en", "cn"])
-    limit: int | None = field(default=None, metadata=_r(ge=1))
-    string_match: bool = True             # also report the cheap refusal-prefix match rate
-
-
-@dataclass
-class CapabilityEvalConfig:
-    enabled: bool = False
-    tasks: list[str] = field(default_factory=list)
-    include_path: str | None = None       # a folder of lm-eval task YAMLs (besides lm-eval's and the packaged ones)
-    limit: int | None = field(default=None, metadata=_r(ge=1))
-    num_fewshot: int | None = field(default=None, metadata=_r(ge=0))
-    batch_size: int = field(default=8, metadata=_r(ge=1))
 
 
 @dataclass
@@ -170,40 +111,12 @@ class EvalGenerationConfig:
 
 
 @dataclass
-class EvalSubjectConfig:
-    backend: EvalBackend = EvalBackend.local
-    base_url: str | None = None
-    models: dict[str, str] = field(default_factory=dict)   # served model name per subject (openai backend)
-    api_key_env: str | None = "OPENAI_API_KEY"
-    thinking_param: str | None = "chat_template_kwargs"
-    concurrency: int = field(default=16, metadata=_r(ge=1))
-    max_attempts: int = field(default=5, metadata=_r(ge=1))
-    timeout_s: float = field(default=300.0, metadata=_r(gt=0.0))
-
-
-@dataclass
 class EvalJudgeConfig:
     role: str = "safety_judge"            # an llm.roles entry (the data-engine judge)
     client: Any = None                    # or a `_target_` LLMClient node: a dedicated judge model
     temperature: float = field(default=0.0, metadata=_r(ge=0.0))
     max_tokens: int = field(default=512, metadata=_r(ge=1))
     max_tokens_per_field: int = field(default=32, metadata=_r(ge=1))
-
-
-@dataclass
-class EvalConfig:
-    name: str = MISSING
-    models: list[str] = field(default_factory=lambda: ["base", "trained"])
-    subject: EvalSubjectConfig = field(default_factory=EvalSubjectConfig)
-    generation: EvalGenerationConfig = field(default_factory=EvalGenerationConfig)
-    judge: EvalJudgeConfig = field(default_factory=EvalJudgeConfig)
-    construction: ConstructionEvalConfig = field(default_factory=ConstructionEvalConfig)
-    strata_sword: StrataSwordEvalConfig = field(default_factory=StrataSwordEvalConfig)
-    harmbench: HarmBenchEvalConfig = field(default_factory=HarmBenchEvalConfig)
-    over_refusal: OverRefusalEvalConfig = field(default_factory=OverRefusalEvalConfig)
-    capability: CapabilityEvalConfig = field(default_factory=CapabilityEvalConfig)
-    on_missing_data: OnMissingData = OnMissingData.error
-    bootstrap_resamples: int = field(default=1000, metadata=_r(ge=10))
 
 
 @dataclass
@@ -239,7 +152,7 @@ class Config:
     peft: PeftConfig = field(default_factory=PeftConfig)
     trainer: Any = MISSING                # `_target_: lightning.Trainer` node (strategy-specific keys)
     logger: Any = None                    # dict of `_target_` logger nodes, or None
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: Any = MISSING                   # the eval suite (conf/eval): its subject and benchmarks are components
     stage: Any = "all"                    # "all", one stage name, or a list of them
     seed: int = 42
     run_name: str = "csa"
@@ -256,7 +169,11 @@ STAGES = ("queries", "generate", "assess", "extract", "optimize", "pairs", "trai
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    # typed parts of every eval suite (conf/eval/*.yaml defaults); its subject and benchmarks are components
+    cs.store(group="eval/generation", name="schema", node=EvalGenerationConfig)
+    cs.store(group="eval/judge", name="schema", node=EvalJudgeConfig)
 
 
 def _check_ranges(node: Any, prefix: str = "") -> None:
@@ -337,45 +254,60 @@ def _check_peft(cfg: DictConfig) -> None:
                           "trainer=gpu (or ddp) on a GPU machine, or peft=lora on CPU")
 
 
+def _check_eval(cfg: DictConfig) -> None:
+    """The eval suite's shared knobs, and each of its components' own checks (`config_problems`).
+
+    `eval` is an open node (a suite may add a benchmark), so its scalars are checked here; its subject
+    and benchmarks are components whose dataclass states what it needs (required knobs without a default,
+    and `config_problems()` for cross-field rules), so no check here names a benchmark.
+    """
+    ev = cfg.eval
+    for m in ev.models:
+        if m not in ("base", "trained"):
+            raise ConfigError("eval.models", f"models are 'base' and 'trained', got {m!r}")
+    if str(getattr(ev.on_missing_data, "value", ev.on_missing_data)) not in {e.value for e in OnMissingData}:
+        raise ConfigError("eval.on_missing_data", f"must be error or skip, got {ev.on_missing_data!r}")
+    if int(ev.bootstrap_resamples) < 10:
+        raise ConfigError("eval.bootstrap_resamples", f"must be >= 10, got {ev.bootstrap_resamples}")
+    if ev.judge.client is None and ev.judge.role not in cfg.llm.roles:
+        raise ConfigError("eval.judge.role", f"no llm role {ev.judge.role!r}; choose from "
+                          f"{', '.join(cfg.llm.roles)} or set eval.judge.client")
+    for key in ev:
+        node = ev[key]
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        what = f"eval.{key} ({str(node._target_).rsplit('.', 1)[-1]})"
+        for k in node:
+            if not OmegaConf.is_interpolation(node, str(k)) and OmegaConf.is_missing(node, str(k)):
+                raise ConfigError(f"eval.{key}.{k}", f"required by {what}: it has no default")
+        if "models" in node and OmegaConf.is_dict(node.models):    # a subject that serves models by name
+            for m in ev.models:
+                if node.models.get(m) is None:
+                    raise ConfigError(f"eval.{key}.models.{m}", f"the served model name is required for every "
+                                      f"evaluated model ({what})")
+        if is_dataclass(OmegaConf.get_type(node)) and node.get("enabled", True):
+            from hydra.utils import instantiate
+
+            obj = instantiate(node, _convert_="all")   # the component itself: its schema has no methods
+            for knob, msg in getattr(obj, "config_problems", lambda: [])():
+                raise ConfigError(f"eval.{key}.{knob}", msg)
+
+
 def validate_config(cfg: DictConfig, resolve: bool = True) -> None:
     """Range and cross-field checks that OmegaConf's type system cannot express."""
     for group in ("model", "data", "objective"):
         _check_required(cfg, group)
     _check_ranges(cfg)
+    _check_eval(cfg)
     stages = [cfg.stage] if isinstance(cfg.stage, str) else list(cfg.stage or [])
     if not isinstance(cfg.stage, (str, ListConfig, list)):
         raise ConfigError("stage", f"must be 'all', a stage name or a list of them, got {cfg.stage!r}")
     for s in stages:
         if s != "all" and s not in STAGES:
             raise ConfigError("stage", f"unknown stage {s!r}; choose from all, {', '.join(STAGES)}")
-    for b in cfg.eval.construction.betas:
-        if b < 0:
-            raise ConfigError("eval.construction.betas", f"every beta must be >= 0, got {b}")
-    for lang in list(cfg.data.languages) + list(cfg.eval.strata_sword.languages):
+    for lang in cfg.data.languages:
         if lang not in ("en", "cn"):
             raise ConfigError("data.languages", f"languages are 'en' or 'cn', got {lang!r}")
-    for m in cfg.eval.models:
-        if m not in ("base", "trained"):
-            raise ConfigError("eval.models", f"models are 'base' and 'trained', got {m!r}")
-    for lang in cfg.eval.over_refusal.languages:
-        if lang not in ("en", "cn"):
-            raise ConfigError("eval.over_refusal.languages", f"languages are 'en' or 'cn', got {lang!r}")
-    if str(getattr(cfg.eval.construction.source, "value", cfg.eval.construction.source)) == "file" \
-            and not cfg.eval.construction.path:
-        raise ConfigError("eval.construction.path", "required when eval.construction.source=file")
-    if str(getattr(cfg.eval.subject.backend, "value", cfg.eval.subject.backend)) == "openai":
-        if not cfg.eval.subject.base_url:
-            raise ConfigError("eval.subject.base_url", "required when eval.subject.backend=openai")
-        for m in cfg.eval.models:
-            if m not in cfg.eval.subject.models:
-                raise ConfigError(f"eval.subject.models.{m}", "the served model name is required for every "
-                                  "evaluated model when eval.subject.backend=openai")
-    if cfg.eval.judge.client is None and cfg.eval.judge.role not in cfg.llm.roles:
-        raise ConfigError("eval.judge.role", f"no llm role {cfg.eval.judge.role!r}; choose from "
-                          f"{', '.join(cfg.llm.roles)} or set eval.judge.client")
-    for lvl in cfg.eval.strata_sword.levels:
-        if lvl not in (1, 2, 3):
-            raise ConfigError("eval.strata_sword.levels", f"levels are 1, 2, 3, got {lvl!r}")
     _check_trainer(cfg.trainer)
     _check_peft(cfg)
     for required in ("actor", "user_judge", "safety_judge", "editor"):

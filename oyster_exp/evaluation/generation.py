@@ -105,15 +105,6 @@ def local_subject(path: Path, model_id: str, dtype: str, batch_size: int) -> LLM
     return client
 
 
-def server_subject(subject: Any, served_model: str) -> LLMClient:
-    """The model under test behind an OpenAI-compatible server (`eval.subject`); key from the environment."""
-    from oyster_exp.llm.factory import openai_client
-
-    return openai_client(str(subject.base_url), served_model, api_key_env=subject.api_key_env,
-                         thinking_param=subject.thinking_param, concurrency=int(subject.concurrency),
-                         max_attempts=int(subject.max_attempts), timeout_s=float(subject.timeout_s))
-
-
 def bind_subject(service: LLMService, client: LLMClient, settings: GenerationSettings) -> None:
     service.roles[SUBJECT_ROLE] = RoleBinding(client=client, temperature=settings.temperature, top_p=settings.top_p,
                                               max_tokens=settings.max_new_tokens,
@@ -160,7 +151,8 @@ def answer_after_reasoning(service: LLMService, conversations: Sequence[list[Cha
     answers = []
     for first, prefill, o in zip(ran_out, prefills, outs):
         if o.failure:
-            answers.append(Answer(think=first.think, failure=f"subject: {THINK_RAN_OUT}; the forced answer: {o.failure}",
+            answers.append(Answer(think=first.think,
+                                  failure=f"subject: {THINK_RAN_OUT}; the forced answer: {o.failure}",
                                   think_closed_by_budget=True, transient=o.no_reply))
             continue
         a = make_answer(prefill + o.text, "", settings.think)

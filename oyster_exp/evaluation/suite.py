@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oyster_exp.csa.records import EvalRecord
-from oyster_exp.evaluation.generation import Answer, GenerationSettings, conversation, generate
-from oyster_exp.evaluation.judges import EvalJudge, Verdict
+from oyster_exp.evaluation.generation import Answer, GenerationSettings, generate
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.llm.service import LLMService
 
@@ -107,114 +106,6 @@ def run_task(task: Task, model: str, service: LLMService, journal: Any, settings
                 id=record_id(model, task.benchmark, it.item_id), model=model, benchmark=task.benchmark,
                 item_id=it.item_id, prompt=it.prompt, response=a.text, satisfaction=j.satisfaction, risk=j.risk,
                 verdict=j.verdict, failure=a.failure or j.failure, transient=transient or None, meta=meta))
-
-
-# --- benchmarks -------------------------------------------------------------------------------------
-
-def construction_task(items: list[Any], split: str, service: LLMService, tax: Any, system_prompt: str) -> Task:
-    """Construction Score items (`ConstructiveItem`), judged by the method's players (user + safety)."""
-    from oyster_exp.csa.players import JudgeItem, judge_safety, judge_user
-
-    def judge(chunk: list[Prepared], answers: list[Answer]) -> list[Judged]:
-        jitems = []
-        for it, a in zip(chunk, answers):
-            cat = tax.get(str(it.meta.get("category") or "Unknown Risk"))
-            jitems.append(JudgeItem(query=it.prompt, response=a.text, language=it.language, category=cat.name_en,
-                                    guideline=tax.render_guideline(cat.name_en, "cn" if it.language == "cn" else "en")))
-        users, safeties = judge_user(service, jitems), judge_safety(service, jitems)
-        out = []
-        for u, s in zip(users, safeties):
-            meta: Meta = {}
-            if u.value is not None:
-                meta["user_reason"] = f"{u.value.persona} | {u.value.suggestion}"
-            if s.value is not None:
-                meta["safety_verdict"] = s.value.verdict
-                meta["safety_reason"] = f"{s.value.risk_intent} | {s.value.suggestion}"
-            failure = (f"user judge: {u.failure}" if u.failure else None) or \
-                      (f"safety judge: {s.failure}" if s.failure else None)
-            out.append(Judged(satisfaction=u.value.score if u.value else None, risk=s.value.risk if s.value else None,
-                              failure=failure, meta=meta))
-        return out
-
-    prepared = [Prepared(item_id=q.id, prompt=q.query, conversation=conversation(q.query, system_prompt),
-                         language=q.language,
-                         meta={"language": q.language, "risk_level": q.risk_level, "category": q.category,
-                               **({"references": len(q.reference_responses)} if q.reference_responses else {})})
-                for q in items]
-    return Task("construction", split, prepared, judge)
-
-
-def strata_task(items: list[Any], judge: EvalJudge, tax: Any, classify: bool, system_prompt: str) -> Task:
-    """Strata-Sword: classify the prompt (judge) -> the subject answers -> verdict against the category's rule."""
-
-    def run(chunk: list[Prepared], answers: list[Answer]) -> list[Judged]:
-        if classify:
-            cats = judge.classify([(it.prompt, it.language) for it in chunk], tax)
-        else:
-            cats = [Verdict() for _ in chunk]                  # no category: every item judged rule-less
-        verdicts = judge.strata([(it.prompt, a.text, it.language) for it, a in zip(chunk, answers)],
-                                [c.label for c in cats], tax)
-        out = []
-        for c, v in zip(cats, verdicts):
-            meta: Meta = {"category": c.label or "Unknown Risk"}
-            if c.reason:
-                meta["category_reason"] = c.reason
-            if c.failure:
-                meta["category_failure"] = c.failure          # judged rule-less; the item still counts
-            if v.reason:
-                meta["reason"] = v.reason
-            out.append(Judged(verdict=v.label, failure=v.failure, meta=meta))
-        return out
-
-    prepared = [Prepared(item_id=it.id, prompt=it.prompt, conversation=conversation(it.prompt, system_prompt),
-                         language=it.language,
-                         meta={"language": it.language, "level": it.level, "attack_method": it.attack_method})
-                for it in items]
-    return Task("strata_sword", "test", prepared, run)
-
-
-def harmbench_task(items: list[Any], split: str, judge: EvalJudge, skip_copyright: bool, system_prompt: str) -> Task:
-    """HarmBench behaviours; contextual ones carry their context in the prompt; ASR = judge says 'yes'."""
-
-    def run(chunk: list[Prepared], answers: list[Answer]) -> list[Judged]:
-        verdicts = judge.harmbench([(str(it.meta["behavior"]), str(it.meta.get("context", "")), a.text)
-                                    for it, a in zip(chunk, answers)])
-        return [Judged(verdict=None if v.label is None else ("unsafe" if v.label == "yes" else "safe"),
-                       failure=v.failure, meta={"reason": v.reason, "judge_label": v.label or ""}) for v in verdicts]
-
-    prepared = []
-    for it in items:
-        skip = None
-        if it.functional_category == "multimodal":
-            skip = "multimodal behaviour (text-only evaluation)"
-        elif it.functional_category == "copyright" and skip_copyright:
-            skip = "copyright behaviour: HarmBench scores these with its hash classifier, not a judge"
-        prepared.append(Prepared(
-            item_id=it.id, prompt=it.prompt, conversation=conversation(it.prompt, system_prompt), language="en",
-            meta={"semantic_category": it.semantic_category, "functional_category": it.functional_category,
-                  "behavior": it.behavior, **({"context": it.context} if it.context else {})}, skip=skip))
-    return Task("harmbench", split, prepared, run)
-
-
-def over_refusal_task(items: list[Any], split: str, judge: EvalJudge, string_match: bool, system_prompt: str) -> Task:
-    """Refusal class per prompt (judge, with a reason) plus the refusal-prefix string match."""
-    from oyster_exp.evaluation.over_refusal import string_match_refusal
-
-    def run(chunk: list[Prepared], answers: list[Answer]) -> list[Judged]:
-        verdicts = judge.refusal([(it.prompt, a.text, it.language) for it, a in zip(chunk, answers)])
-        out = []
-        for a, v in zip(answers, verdicts):
-            meta: Meta = {"reason": v.reason}
-            if string_match:
-                meta["string_match_refusal"] = int(string_match_refusal(a.text))
-            out.append(Judged(verdict=v.label, failure=v.failure, meta=meta))
-        return out
-
-    prepared = [Prepared(item_id=f"{it.source}/{it.id}", prompt=it.prompt,
-                         conversation=conversation(it.prompt, system_prompt), language=it.language,
-                         meta={"language": it.language, "label": it.label, "type": it.type, "source": it.source})
-                for it in items]
-    return Task("over_refusal", split, prepared, run)
 
 
 def split_name(path: Path, prefix: str = "") -> str:

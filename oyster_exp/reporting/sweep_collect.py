@@ -96,6 +96,20 @@ def _train_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def _benchmarks(cfg: Any) -> dict[str, Any] | None:
+    """The arm's configured benchmarks (its curve's betas and alpha); None: the benchmarks' defaults
+    (an arm saved before benchmarks were components, or a config that no longer resolves)."""
+    from oyster_exp.evaluation.benchmarks import configured
+
+    ev = OmegaConf.select(cfg, "eval", default=None) if cfg is not None else None
+    if ev is None:
+        return None
+    try:
+        return configured(ev)
+    except Exception:                      # a stale arm still aggregates, with default betas
+        return None
+
+
 def _curves(run: Path) -> dict[str, dict[float, float]]:
     from oyster_exp.csa.records import EvalRecord
     from oyster_exp.evaluation.summary import summarise
@@ -104,9 +118,7 @@ def _curves(run: Path) -> dict[str, dict[float, float]]:
     if not evals:
         return {}
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra" / "config.yaml").exists() else None
-    betas = list(OmegaConf.select(cfg, "eval.construction.betas", default=None) or [0.1, 0.5, 1, 2, 3, 5, 10])
-    alpha = float(OmegaConf.select(cfg, "eval.construction.alpha", default=1.0) or 1.0)
-    _, curves = summarise(evals, [float(b) for b in betas], alpha, 2.0, resamples=10)
+    _, curves = summarise(evals, _benchmarks(cfg), resamples=10)
     # summarise names a curve "model (split)" unless the split is the held-out seed set; an arm draws one
     # curve per model, so a lone split's curve goes under the plain model name
     out = dict(curves)

@@ -20,6 +20,8 @@ COMPONENT_MODULES: list[str] = [
     "oyster_exp.csa.lingo_bp",            # lingo_bp: the settings schema; lingo_bp/recombiner: plan_as_system
     "oyster_exp.csa.stackelberg",         # stackelberg: off (SingleCandidate), on (StackelbergLeader)
     "oyster_exp.csa.assessment",          # risk: the settings schema (RiskSettings, FollowerModel)
+    "oyster_exp.evaluation.subjects",     # eval/subject: local, openai
+    "oyster_exp.evaluation.benchmarks",   # eval/benchmark: every module of the package
 ]
 
 

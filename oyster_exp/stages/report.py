@@ -9,6 +9,7 @@ from typing import Any
 
 from oyster_exp.csa.lingo_bp import lingo_schedule
 from oyster_exp.csa.records import ReportRecord
+from oyster_exp.evaluation.benchmarks import configured
 from oyster_exp.evaluation.summary import summarise
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
@@ -41,8 +42,7 @@ class ReportStage(Stage):
         from oyster_exp.reporting.plots import plot_bars_with_ci, plot_construction_curves
 
         ev = ctx.cfg.eval
-        rows, curves = summarise(inputs["evaluate"], list(ev.construction.betas), float(ev.construction.alpha),
-                                 float(ev.construction.headline_beta), int(ev.bootstrap_resamples),
+        rows, curves = summarise(inputs["evaluate"], configured(ev), int(ev.bootstrap_resamples),
                                  seed=int(ctx.cfg.seed))
         eval_dir = ctx.run_dir / "eval"
         eval_dir.mkdir(parents=True, exist_ok=True)

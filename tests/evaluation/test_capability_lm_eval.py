@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from oyster_exp.csa.records import EvalRecord
-from oyster_exp.evaluation.capability import PACKAGED_TASKS, model_args, task_files
+from oyster_exp.evaluation.benchmarks.capability import PACKAGED_TASKS, task_files
+from oyster_exp.evaluation.subjects import LocalSubject, ServerSubject
 from oyster_exp.evaluation.summary import summarise
 
 ITEMS = [json.loads(x) for x in (PACKAGED_TASKS / "household_mcq.jsonl").read_text().splitlines()]
@@ -71,10 +72,11 @@ def _reference_scores(model_dir: Path) -> tuple[float, float]:
 def test_capability_rows_name_task_metric_and_filter_with_the_stderr_ci() -> None:
     meta = {"split": "lm_eval", "n": 20, "acc,none": 0.5, "acc_stderr,none": 0.1, "exact_match,strict-match": 0.25,
             "exact_match_stderr,strict-match": 0.05, "bleu,none": 3.0}
-    recs = [EvalRecord(id="base/capability/t", model="base", benchmark="capability", item_id="t", prompt="", meta=meta),
+    recs = [EvalRecord(id="base/capability/t", model="base", benchmark="capability", item_id="t", prompt="",
+                       meta=meta),
             EvalRecord(id="base/capability/x", model="base", benchmark="capability", item_id="x", prompt="",
                        failure="lm_eval: task not found: x", meta={"split": "lm_eval", "n": 0})]
-    rows, _ = summarise(recs, betas=[2.0], alpha=1.0, headline_beta=2.0, resamples=10)
+    rows, _ = summarise(recs, resamples=10)
     get = {r["metric"]: r for r in rows}
     assert set(get) == {"n_judged", "n_failed", "n_skipped", "t:acc", "t:exact_match[strict-match]", "t:bleu"}
     assert get["n_failed"]["value"] == 1 and get["n_judged"]["value"] == 1
@@ -107,9 +109,9 @@ def test_local_tasks_score_on_the_tiny_model_and_failures_keep_their_reason(tiny
     pytest.importorskip("lm_eval")
     import torch
 
-    from oyster_exp.evaluation.capability import run_lm_eval
+    from oyster_exp.evaluation.benchmarks.capability import run_lm_eval
 
-    mtype, args = model_args("local", str(tiny_model_dir), None, None)
+    mtype, args = LocalSubject().lm_eval_model("base", lambda: (tiny_model_dir, "tiny"), "float32")  # type: ignore[misc]
     torch.manual_seed(7)
     expected_draw = torch.rand(3)
     torch.manual_seed(7)
@@ -133,9 +135,9 @@ def test_local_tasks_score_on_the_tiny_model_and_failures_keep_their_reason(tiny
 
 def test_a_missing_include_path_fails_every_task_with_the_config_key(tiny_model_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("lm_eval")
-    from oyster_exp.evaluation.capability import run_lm_eval
+    from oyster_exp.evaluation.benchmarks.capability import run_lm_eval
 
-    mtype, args = model_args("local", str(tiny_model_dir), None, None)
+    mtype, args = LocalSubject().lm_eval_model("base", lambda: (tiny_model_dir, "tiny"), "float32")  # type: ignore[misc]
     scores = run_lm_eval(mtype, args, ["oyster_household_mcq"], limit=2, num_fewshot=None, batch_size=8,
                          include_path=tmp_path / "nope")
     assert [s.task for s in scores] == ["oyster_household_mcq"]
@@ -147,11 +149,12 @@ def test_a_server_without_completions_logprobs_is_a_recorded_failure(tiny_model_
     the loopback server speaks only /v1/chat/completions, so the task fails with lm-eval's reason (a known
     limitation: no test scores a task through a server)."""
     pytest.importorskip("lm_eval")
-    from oyster_exp.evaluation.capability import run_lm_eval
+    from oyster_exp.evaluation.benchmarks.capability import run_lm_eval
     from oyster_exp.testing.loopback import serve
 
     with serve() as (url, state):
-        mtype, args = model_args("openai", None, "tiny", url)
+        mtype, args = ServerSubject(base_url=url, models={"base": "tiny"}).lm_eval_model(  # type: ignore[misc]
+            "base", lambda: None, "float32")
         assert (mtype, args) == ("local-completions", f"model=tiny,base_url={url}/completions")
         args += f",tokenizer={tiny_model_dir},tokenizer_backend=huggingface,max_retries=1"   # no hub tokenizer
         (score,) = run_lm_eval(mtype, args, ["oyster_household_mcq"], limit=2, num_fewshot=None, batch_size=1)

@@ -9,9 +9,10 @@ import pytest
 
 from oyster_exp.csa.records import EvalRecord
 from oyster_exp.data.seed import seed_path
-from oyster_exp.evaluation.capability import INSTALL_HINT, lm_eval_available, model_args
-from oyster_exp.evaluation.constructive import load_constructive
-from oyster_exp.evaluation.over_refusal import load_xstest_csv, probe_set_path, string_match_refusal
+from oyster_exp.evaluation.benchmarks.capability import INSTALL_HINT, lm_eval_available
+from oyster_exp.evaluation.benchmarks.construction import ConstructionBenchmark, load_constructive
+from oyster_exp.evaluation.benchmarks.over_refusal import load_xstest_csv, probe_set_path, string_match_refusal
+from oyster_exp.evaluation.subjects import LocalSubject, ServerSubject
 from oyster_exp.evaluation.summary import counts, summarise
 from oyster_exp.reporting.paper import strata_levels
 from oyster_exp.reporting.tables import counts_table, reference_table, side_by_side
@@ -106,8 +107,12 @@ def test_string_match_refusal() -> None:
 # --- lm-eval --------------------------------------------------------------------------------------------
 
 def test_lm_eval_is_optional() -> None:
-    assert model_args("local", "/m", None, None) == ("hf", "pretrained=/m,dtype=float32")
-    assert model_args("openai", None, "qwen", "http://h:8000/v1/")[1] == "model=qwen,base_url=http://h:8000/v1/completions"
+    assert LocalSubject().lm_eval_model("base", lambda: (Path("/m"), "m"), "float32") == \
+        ("hf", "pretrained=/m,dtype=float32")
+    assert LocalSubject().lm_eval_model("trained", lambda: None, "float32") is None     # no trained model
+    server = ServerSubject(base_url="http://h:8000/v1/", models={"base": "qwen"})
+    assert server.lm_eval_model("base", lambda: None, "float32") == \
+        ("local-completions", "model=qwen,base_url=http://h:8000/v1/completions")
     if lm_eval_available():
         pytest.skip("lm_eval is installed here")
     assert "oyster-exp[lm_eval]" in INSTALL_HINT
@@ -135,7 +140,7 @@ def test_strata_rows_reproduce_the_jailbreak_column_from_records() -> None:
     recs = _strata_records("trained", cells)
     recs.append(_rec("trained", "strata_sword", 9999, verdict=None, failure="judge: invalid",
                      meta={"split": "test", "language": "en", "level": 1}))
-    rows, _ = summarise(recs, [2.0], 1.0, 2.0, resamples=200)
+    rows, _ = summarise(recs, [ConstructionBenchmark(betas=[2.0])], resamples=200)
     get = {r["metric"]: r for r in rows}
     expected = 100 - ((0 + 3 + 58) / 3 + (0 + 4 + 22) / 3) / 2
     assert get["jailbreak_score"]["value"] == pytest.approx(expected)
@@ -154,7 +159,7 @@ def test_harmbench_over_refusal_rows_and_counts() -> None:
                                                             "string_match_refusal": sm})
            for i, (v, lang, sm) in enumerate([("full_refusal", "en", 1), ("partial_refusal", "cn", 0),
                                               ("full_compliance", "en", 0), ("full_compliance", "cn", 0)])]
-    rows, _ = summarise(hb + orr, [2.0], 1.0, 2.0, resamples=100)
+    rows, _ = summarise(hb + orr, resamples=100)
     get = {(r["benchmark"], r["metric"]): r["value"] for r in rows}
     assert get[("harmbench", "asr")] == 50.0 and get[("harmbench", "asr[semantic=illegal]")] == pytest.approx(200 / 3)
     assert get[("harmbench", "n_skipped")] == 1 and get[("harmbench", "n_judged")] == 4
@@ -167,8 +172,9 @@ def test_harmbench_over_refusal_rows_and_counts() -> None:
 def test_tables_side_by_side_counts_and_paper_reference() -> None:
     recs = []
     for model, sat in (("base", 0.2), ("trained", 0.6)):
-        recs += [_rec(model, "construction", i, satisfaction=sat, risk=0.1, meta={"split": "heldout"}) for i in range(3)]
-    rows, curves = summarise(recs, [0.5, 2.0], 1.0, 2.0, resamples=50)
+        recs += [_rec(model, "construction", i, satisfaction=sat, risk=0.1, meta={"split": "heldout"})
+                 for i in range(3)]
+    rows, curves = summarise(recs, [ConstructionBenchmark(betas=[0.5, 2.0])], resamples=50)
     assert set(curves) == {"base", "trained"}
     md = side_by_side(rows)
     line = next(x for x in md.splitlines() if "constructive@beta=2" in x)

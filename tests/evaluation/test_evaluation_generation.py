@@ -2,12 +2,11 @@
 judges against the real loopback HTTP server."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from oyster_exp.csa.records import EvalRecord
 from oyster_exp.data.taxonomy import default_taxonomy
+from oyster_exp.evaluation.benchmarks.strata_sword import StrataSwordItem, strata_task
 from oyster_exp.evaluation.generation import (
     SUBJECT_ROLE,
     GenerationSettings,
@@ -16,12 +15,12 @@ from oyster_exp.evaluation.generation import (
     generate,
     local_subject,
     make_answer,
-    server_subject,
     split_think,
 )
 from oyster_exp.evaluation.judges import EvalJudge
-from oyster_exp.evaluation.strata_sword import StrataSwordItem
-from oyster_exp.evaluation.suite import run_task, strata_task
+from oyster_exp.evaluation.subjects import ServerSubject
+from oyster_exp.evaluation.suite import run_task
+from oyster_exp.llm.base import LLMClient
 from oyster_exp.llm.engine import CallEngine
 from oyster_exp.llm.openai_compat import OpenAICompatClient
 from oyster_exp.llm.service import LLMService, RoleBinding
@@ -96,9 +95,15 @@ def test_local_subject_generates_in_left_padded_batches(tiny_model_dir) -> None:
 
 # --- server backend and judges on the real loopback server -------------------------------------------------
 
-def _subject_cfg(url: str) -> SimpleNamespace:
-    return SimpleNamespace(base_url=url, api_key_env="OYSTER_EVAL_TEST_KEY", thinking_param="chat_template_kwargs",
-                           concurrency=4, max_attempts=3, timeout_s=10.0)
+def _server(url: str, served: str) -> ServerSubject:
+    return ServerSubject(base_url=url, models={"base": served}, api_key_env="OYSTER_EVAL_TEST_KEY",
+                         thinking_param="chat_template_kwargs", concurrency=4, max_attempts=3, timeout_s=10.0)
+
+
+def _server_client(url: str, served: str) -> LLMClient:
+    client = _server(url, served).client("base", lambda: None, "float32", 1)
+    assert client is not None
+    return client
 
 
 def test_server_subject_sends_decoding_settings_and_splits_reasoning(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +111,7 @@ def test_server_subject_sends_decoding_settings_and_splits_reasoning(monkeypatch
     with serve() as (url, state):
         svc = LLMService({})
         settings = GenerationSettings(max_new_tokens=33, temperature=0.6, top_p=0.95, enable_thinking=True)
-        bind_subject(svc, server_subject(_subject_cfg(url), "served-base"), settings)
+        bind_subject(svc, _server_client(url, "served-base"), settings)
         answers = generate(svc, [conversation("What is tea?", "sys"), conversation("Why rain?")], settings)
     assert [a.text for a in answers] == ["echo: What is tea?", "echo: Why rain?"]
     assert all(a.think == "thinking..." for a in answers)            # reasoning_content kept, not judged
@@ -182,7 +187,7 @@ def test_reasoning_that_ran_out_is_closed_and_answered_within_the_extra_budget()
     with serve() as (url, state):
         svc = LLMService({})
         off = GenerationSettings(max_new_tokens=16)
-        bind_subject(svc, server_subject(_subject_cfg(url), "served"), off)
+        bind_subject(svc, _server_client(url, "served"), off)
         cut, plain = generate(svc, convs, off)
         assert cut.failure is not None and "inside <think>" in cut.failure and not cut.think_closed_by_budget
         assert plain.text == "echo: plain question" and state.requests == 2

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import DATA, needs_shared_data
 
-from oyster_exp.evaluation.construction import DEFAULT_BETAS, construction_curve, headline, item_score, normalise
-from oyster_exp.evaluation.harmbench import load_harmbench
+from oyster_exp.evaluation.benchmarks.construction import (
+    DEFAULT_BETAS,
+    construction_curve,
+    headline,
+    item_score,
+    normalise,
+)
+from oyster_exp.evaluation.benchmarks.harmbench import load_harmbench
+from oyster_exp.evaluation.benchmarks.strata_sword import asr, jailbreak_score, load_strata_sword
 from oyster_exp.evaluation.stats import bootstrap_ci, bootstrap_ci_paired
-from oyster_exp.evaluation.strata_sword import asr, jailbreak_score, load_strata_sword
 from oyster_exp.reporting.paper import (
     CURVE_BETAS,
     CURVE_READINGS,
@@ -26,11 +32,10 @@ from oyster_exp.reporting.paper import (
     strata_levels,
 )
 
-DATA = Path(os.environ.get("OYSTER_EXP_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 STRATA = DATA / "strata_sword"
 HARMBENCH = DATA / "harmbench" / "harmbench_behaviors_text_val.csv"
-needs_strata = pytest.mark.skipif(not STRATA.is_dir(), reason="shared Strata-Sword data not present")
-needs_harmbench = pytest.mark.skipif(not HARMBENCH.is_file(), reason="shared HarmBench data not present")
+needs_strata = needs_shared_data(STRATA, what="shared Strata-Sword data")
+needs_harmbench = needs_shared_data(HARMBENCH, what="shared HarmBench data")
 
 
 # --- jailbreak score from the paper's per-level ASRs -------------------------------------------------

@@ -9,14 +9,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
+from shared_data import DATA, needs_shared_data
 
-from oyster_exp.evaluation.capability import lm_eval_available
+from oyster_exp.evaluation.benchmarks.capability import lm_eval_available
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("OYSTER_EXP_DATA") or ROOT.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not (DATA / "harmbench").is_dir() or not (DATA / "strata_sword").is_dir(),
-                                reason="shared benchmark data not present (set OYSTER_EXP_DATA)")
+needs_data = needs_shared_data(DATA / "harmbench", DATA / "strata_sword")
 TINY = ["debug=fast", "model=tiny_random", "print_config=false", "logger=none", "eval.bootstrap_resamples=50",
         "eval.generation.temperature=1.0", "eval.generation.max_new_tokens=6",
         *(f"llm.roles.{r}.temperature=1.0" for r in ("actor", "user_judge", "safety_judge", "editor"))]

@@ -236,7 +236,7 @@ def test_a_bad_taxonomy_workbook_is_a_one_line_data_error(tmp_path: Path) -> Non
 def test_malformed_user_files_raise_data_errors_that_name_file_line_and_field(tmp_path: Path) -> None:
     from oyster_exp.core.errors import DataError
     from oyster_exp.data.seed import load_query_file
-    from oyster_exp.evaluation.constructive import load_constructive
+    from oyster_exp.evaluation.benchmarks.construction import load_constructive
 
     bad = tmp_path / "bench.jsonl"
     row = {"id": "c1", "query": "hi", "risk_level": "R0", "category": "No Risk", "language": "en", "persona": "p",

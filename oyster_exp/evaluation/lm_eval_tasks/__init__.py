@@ -1,1 +1,1 @@
-"""lm-eval task YAMLs written for oyster-exp; always on lm-eval's task path (see evaluation.capability)."""
+"""lm-eval task YAMLs written for oyster-exp; always on lm-eval's task path (see evaluation.benchmarks.capability)."""

@@ -9,24 +9,32 @@ datasets cache. Local tasks need no hub: `eval.capability.include_path` names a 
 (for example `dataset_path: json` with absolute `dataset_kwargs.data_files`), and the project's own
 tasks (`lm_eval_tasks/`, e.g. `oyster_household_mcq`) are always on the task path.
 
-Subjects: `hf` loads the model in-process (the local backend). The server backend maps to lm-eval's
-`local-completions`, which scores multiple-choice tasks by log-likelihood: it needs a server with
-`/v1/completions` returning prompt logprobs (`echo` + `logprobs`, as vLLM does) and a tokenizer (the
-server's `/tokenize` or an HF tokenizer it can load offline). The project's loopback test server speaks
-only `/v1/chat/completions` without logprobs, so that path is not exercised by the tests (a known
-limitation); against it every task fails with lm-eval's reason, recorded per task.
+Subjects (`eval.subject`, evaluation/subjects.py): `hf` loads the model in-process (`LocalSubject`); a
+server (`ServerSubject`) maps to lm-eval's `local-completions`, which scores multiple-choice tasks by
+log-likelihood: it needs a server with `/v1/completions` returning prompt logprobs (`echo` + `logprobs`,
+as vLLM does) and a tokenizer (the server's `/tokenize` or an HF tokenizer it can load offline). The
+project's loopback test server speaks only `/v1/chat/completions` without logprobs, so that path is not
+exercised by the tests (a known limitation); against it every task fails with lm-eval's reason, recorded
+per task.
 """
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from oyster_exp.config.components import ge, register_component
+from oyster_exp.csa.records import EvalRecord
+from oyster_exp.evaluation.benchmarks.base import Absent, Benchmark, EvalEnv, ModelRun, Row, limit_of
+from oyster_exp.evaluation.rows import NAN, judged, row
+from oyster_exp.evaluation.suite import Task, record_id, run_task
 
 INSTALL_HINT = "lm-evaluation-harness is not installed (pip install 'oyster-exp[lm_eval]')"
-PACKAGED_TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
+PACKAGED_TASKS = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
 TASK_FILE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".py")   # what a local task folder's cache key covers
 
 
@@ -40,14 +48,6 @@ class TaskScore:
 
 def lm_eval_available() -> bool:
     return importlib.util.find_spec("lm_eval") is not None
-
-
-def model_args(backend: str, path: str | None, served_model: str | None, base_url: str | None,
-               dtype: str = "float32") -> tuple[str, str]:
-    """(lm-eval model type, model_args string) for the in-process or the server subject."""
-    if backend == "openai":
-        return "local-completions", f"model={served_model},base_url={str(base_url).rstrip('/')}/completions"
-    return "hf", f"pretrained={path},dtype={dtype}"
 
 
 def task_paths(include_path: str | Path | None) -> list[Path]:
@@ -170,3 +170,74 @@ def run_lm_eval(model: str, args: str, tasks: list[str], limit: int | None, num_
         scores = _scores(res or {})
         out += scores or [TaskScore(task=task, failure="lm_eval: no results")]
     return out
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+@dataclass
+class CapabilityBenchmark(Benchmark):
+    """General capability through lm-evaluation-harness (the paper's General rows; the task list is ours)."""
+    name: ClassVar[str] = "capability"
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=list)            # lm-eval task names
+    include_path: str | None = None                           # a folder of your own lm-eval task YAMLs
+    limit: int | None = field(default=None, metadata=ge(1))   # examples per task (None: all)
+    num_fewshot: int | None = field(default=None, metadata=ge(0))   # None: the task's default
+    batch_size: int = field(default=8, metadata=ge(1))        # lm-eval batch size (local HF model)
+
+    def cache_files(self) -> dict[str, Path]:
+        return task_files(self.include_path)                   # an edited local task item re-scores
+
+    def absent(self) -> Absent | None:
+        inc = self.include_path
+        if inc and not Path(str(inc)).expanduser().is_dir():   # a folder of task YAMLs, not a data file
+            return Absent("include_path", f"{inc} is not a directory")
+        return None
+
+    def prepare(self, env: EvalEnv, missing: str | None) -> list[Task]:
+        skip = INSTALL_HINT if not lm_eval_available() else missing
+        return [Task(self.name, "lm_eval", skipped=skip)]
+
+    def evaluate(self, tasks: list[Task], run: ModelRun) -> None:
+        """lm-eval scores each task once per model (one record per task, resumable by task)."""
+        for t in tasks:
+            if t.skipped is not None:
+                run_task(t, run.name, run.service, run.journal, run.settings, 1)
+                continue
+            pending = [str(x) for x in self.tasks if record_id(run.name, self.name, str(x)) not in run.journal]
+            if not pending:
+                continue
+            spec = run.subject.lm_eval_model(run.name, run.weights, run.dtype)
+            if spec is None:
+                continue
+            for score in run_lm_eval(spec[0], spec[1], pending, limit_of(self.limit), self.num_fewshot,
+                                     int(self.batch_size), self.include_path):
+                rid = record_id(run.name, self.name, score.task)
+                if rid not in run.journal:
+                    run.journal.append(EvalRecord(id=rid, model=run.name, benchmark=self.name, item_id=score.task,
+                                                  prompt="", failure=score.failure,
+                                                  meta={"split": t.split, "n": score.n, **score.metrics}))
+
+    def rows(self, split: str, model: str, records: list[Any], resamples: int, seed: int) -> list[Row]:
+        """One row per lm-eval task and metric, on lm-eval's scale (acc is a fraction, not a percentage).
+
+        lm-eval keys are `metric,filter`: the row's metric is `task:metric`, with `[filter]` appended unless
+        the filter is lm-eval's default `none`. The CI is the normal interval from lm-eval's stderr (NaN where
+        lm-eval gives none).
+        """
+        out = []
+        for r in judged(records):
+            n = int(r.meta.get("n", 0))
+            for k, v in sorted(r.meta.items()):
+                metric_name, _, filt = k.partition(",")
+                if not filt or metric_name.endswith("_stderr") or not isinstance(v, (int, float)) \
+                        or isinstance(v, bool):
+                    continue
+                se = r.meta.get(f"{metric_name}_stderr,{filt}")
+                ci = (v - 1.96 * se, v + 1.96 * se) if isinstance(se, (int, float)) and math.isfinite(se) else NAN
+                metric = f"{r.item_id}:{metric_name}" + ("" if filt == "none" else f"[{filt}]")
+                out.append(row(self.name, split, model, metric, float(v), n, ci))
+        return out
+
+
+register_component("eval/benchmark", "capability", CapabilityBenchmark)

@@ -1,0 +1,53 @@
+"""Summary-row helpers shared by the benchmarks: one tidy row per metric, rates with a bootstrap CI.
+
+A row is (benchmark, split, model, metric, value, n, ci_low, ci_high). Rates are percentages.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from oyster_exp.csa.records import EvalRecord
+from oyster_exp.evaluation.stats import bootstrap_ci
+
+NAN = (math.nan, math.nan)
+
+
+def row(bench: str, split: str, model: str, metric: str, value: float, n: int,
+        ci: tuple[float, float] = NAN) -> dict[str, Any]:
+    return {"benchmark": bench, "split": split, "model": model, "metric": metric, "value": float(value), "n": int(n),
+            "ci_low": float(ci[0]), "ci_high": float(ci[1])}
+
+
+def skipped(r: EvalRecord) -> bool:
+    return "skipped" in r.meta
+
+
+def judged(recs: list[EvalRecord]) -> list[EvalRecord]:
+    """Records that have a verdict: neither failed nor skipped."""
+    return [r for r in recs if r.failure is None and not skipped(r)]
+
+
+def rate(flags: np.ndarray, resamples: int, seed: int) -> tuple[float, tuple[float, float]]:
+    """Percentage of 1s and its CI."""
+    if flags.size == 0:
+        return math.nan, NAN
+    lo, hi = bootstrap_ci(flags, n_resamples=resamples, seed=seed)
+    return 100.0 * float(flags.mean()), (100.0 * lo, 100.0 * hi)
+
+
+def rate_rows(bench: str, split: str, model: str, metric: str, recs: list[EvalRecord],
+              hit: Callable[[EvalRecord], bool], resamples: int, seed: int) -> list[dict[str, Any]]:
+    """One rate row (percentage of `recs` where `hit`), none when `recs` is empty."""
+    flags = np.array([1.0 if hit(r) else 0.0 for r in recs])
+    if flags.size == 0:
+        return []
+    value, ci = rate(flags, resamples, seed)
+    return [row(bench, split, model, metric, value, flags.size, ci)]
+
+
+def unsafe(r: EvalRecord) -> bool:
+    return r.verdict == "unsafe"
