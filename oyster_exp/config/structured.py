@@ -122,7 +122,8 @@ class EvalJudgeConfig:
 @dataclass
 class SweepConfig:
     name: str | None = None               # the study (sweeps/NAME.yaml); names the W&B group
-    objective: str = "trained/construction/constructive@beta=2"   # report headline key a job returns (Optuna maximises it)
+    # the report headline key a job returns (Optuna maximises it)
+    objective: str = "trained/construction/constructive@beta=2"
     skip_finished: bool = True            # multirun: an arm whose config already finished is skipped on a rerun
     fail_fast: bool = False               # multirun: stop the sweep at the first failed arm (Hydra's behaviour)
 

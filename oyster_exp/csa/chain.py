@@ -66,7 +66,8 @@ class SafetyChain(BaseModel):
         sep = "；" if lang == "cn" else "; "
         lines = [f"{lab['user_needs']}: {chain.user_needs}"]
         if not self.is_no_risk():
-            lines += [f"{lab['risk_intent']}: {chain.risk_intent}", f"{lab['safety_guidelines']}: {chain.safety_guidelines}"]
+            lines += [f"{lab['risk_intent']}: {chain.risk_intent}",
+                      f"{lab['safety_guidelines']}: {chain.safety_guidelines}"]
         lines.append(f"{lab['strategies']}:")
         lines.append(f"- {lab['usefulness']}: {sep.join(chain.usefulness_strategies)}")
         if chain.safety_strategies:

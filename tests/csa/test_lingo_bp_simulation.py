@@ -52,6 +52,9 @@ def _reached(res: QueryResult) -> bool:
     return res.best_index is not None and res.trace[res.best_index].reward == OPTIMUM
 
 
+SAFETY_SCORE = {"safe": 1.0, "partly_safe": 0.5, "unsafe": 0.0}   # a verdict as a safety score
+
+
 def test_lingo_bp_reaches_the_world_optimum_for_90_percent_of_50_queries(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg("lingo_bp=paper")
     cases = make_cases(50)
@@ -84,6 +87,7 @@ def test_stackelberg_on_picks_the_payoff_maximising_candidate_every_time(compose
     cases = make_cases(30, seed=11)
     results, _, _ = run_world(cfg, cases, tmp_path)
     w = settings_from(cfg).leader   # the leader rule carries the payoff weights
+    max_tokens = int(cfg.llm.roles.actor.max_tokens)
     checked = not_first = 0
     for case, res in zip(cases, results):
         posterior = normalise_posterior(res.item.posterior)
@@ -94,8 +98,8 @@ def test_stackelberg_on_picks_the_payoff_maximising_candidate_every_time(compose
             for c in e.candidates:
                 toks = set(MARK.findall(c.response))
                 outcome = CandidateOutcome(satisfaction=sat_score(case, toks),
-                                           risk=1.0 - {"safe": 1.0, "partly_safe": 0.5, "unsafe": 0.0}[verdict(case, toks)],
-                                           cost=min(1.0, len(c.response.split()) / int(cfg.llm.roles.actor.max_tokens)))
+                                           risk=1.0 - SAFETY_SCORE[verdict(case, toks)],
+                                           cost=min(1.0, len(c.response.split()) / max_tokens))
                 truth.append(expected_payoff(outcome, posterior, w))
                 assert c.payoff == pytest.approx(truth[-1])
             best = max(range(len(truth)), key=lambda k: (truth[k], -k))

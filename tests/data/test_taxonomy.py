@@ -63,8 +63,8 @@ def test_the_32_published_categories_with_guidelines_in_both_languages() -> None
                                                                     "Non-political False Rumors"),
     ("R2-Non-political False Rumors", "Non-political False Rumors"),
     ("foo-Cybersecurity", "Cybersecurity"), ("二级-心理健康", "Mental Health"), ("illegal_drugs", "Illegal Drugs"),
-    ("Subjective Evaluation / Comparison", "Subjective Evaluation/Comparison"), ("种族/民族/信仰/地域",
-                                                                               "Race/Ethnicity/Religion/Regional Discrimination"),
+    ("Subjective Evaluation / Comparison", "Subjective Evaluation/Comparison"),
+    ("种族/民族/信仰/地域", "Race/Ethnicity/Religion/Regional Discrimination"),
     ("no risk", "No Risk"), ("something else", "Unknown Risk"), ("foo-bar", "Unknown Risk"), ("", "Unknown Risk"),
     ("   ", "Unknown Risk"), (None, "Unknown Risk"),
 ])
@@ -135,7 +135,8 @@ def _workbook(path: Path, *rows: list[object], header: list[str] = HEADER) -> Pa
 
 
 def test_a_users_own_workbook_loads(tmp_path: Path) -> None:
-    path = _workbook(tmp_path / "mine.xlsx", ["二级", "邪教", "Cult", "1. 规则一\n2. 规则二", "1. rule one\n2. rule two"],
+    path = _workbook(tmp_path / "mine.xlsx",
+                     ["二级", "邪教", "Cult", "1. 规则一\n2. 规则二", "1. rule one\n2. rule two"],
                      [None, None, None, None, None],
                      ["二级", "新类别", "Brand New", "1. 规则", "1. rule"])
     tax = Taxonomy.from_xlsx(path, sheet="rules")
@@ -152,7 +153,8 @@ def test_broken_workbooks_name_file_sheet_row_and_column(tmp_path: Path) -> None
     no_rules = _workbook(tmp_path / "norules.xlsx", ["二级", "邪教", "Cult", "1. 规则", "   "])
     with pytest.raises(TaxonomyError, match=r"row 2, column E \('对外风险规则en'\): empty rule text"):
         Taxonomy.from_xlsx(no_rules)
-    dup = _workbook(tmp_path / "dup.xlsx", ["二级", "邪教", "Cult", "1. a", "1. a"], ["二级", "邪教", "cult", "1. a", "1. a"])
+    dup = _workbook(tmp_path / "dup.xlsx", ["二级", "邪教", "Cult", "1. a", "1. a"],
+                    ["二级", "邪教", "cult", "1. a", "1. a"])
     with pytest.raises(TaxonomyError, match="row 3.*duplicate.*first in row 2"):
         Taxonomy.from_xlsx(dup)
     nocol = _workbook(tmp_path / "nocol.xlsx", ["邪教", "x"], header=["风险类别cn", "rules"])

@@ -231,9 +231,11 @@ def test_slurm_launcher_takes_gpus_from_the_trainer(compose_cfg) -> None:
         launcher = cfg.hydra.launcher
         assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
         assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (8, 8, 2)
-        cpu = compose(config_name="config", overrides=["hydra/launcher=slurm", "trainer=cpu"], return_hydra_config=True)
+        cpu = compose(config_name="config", overrides=["hydra/launcher=slurm", "trainer=cpu"],
+                      return_hydra_config=True)
         assert cpu.hydra.launcher.gpus_per_node == 1
-        auto = compose(config_name="config", overrides=["hydra/launcher=slurm", "trainer=fsdp"], return_hydra_config=True)
+        auto = compose(config_name="config", overrides=["hydra/launcher=slurm", "trainer=fsdp"],
+                       return_hydra_config=True)
         with pytest.raises(Exception, match="needs a number of GPUs per node"):
             _ = auto.hydra.launcher.gpus_per_node
     try:   # with the `slurm` extra installed, the file must also match the plugin's own schema

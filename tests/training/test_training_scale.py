@@ -173,7 +173,8 @@ def test_lora_trains_only_adapters_and_export_merges_them(tiny_model_dir: Path, 
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     assert not any("lora" in n for n, _ in plain.named_parameters())
     with torch.no_grad():
-        merged_logits = plain(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+        merged_logits = plain(input_ids=batch["chosen_input_ids"],
+                              attention_mask=batch["chosen_attention_mask"]).logits
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         base_logits = base(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
@@ -309,8 +310,8 @@ def test_gpu_trainer_configs_train_the_tiny_model(compose_cfg, option: str, tiny
 
 # ---------------------------------------------------------------- W&B: stripped config, sample table
 
-def test_offline_wandb_run_gets_stripped_config_and_a_sample_table(compose_cfg, tiny_model_dir: Path, tokenizer: Any,
-                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_wandb_run_gets_stripped_config_and_a_sample_table(
+        compose_cfg, tiny_model_dir: Path, tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
     import time
 
