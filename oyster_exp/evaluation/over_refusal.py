@@ -14,10 +14,11 @@ refusals in other phrasings, so it is a cross-check, not the metric.
 from __future__ import annotations
 
 import csv
-from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+from oyster_exp.core.contract import package_file
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "prompt", "type", "label", "focus", "note")
 LABELS = ("safe", "unsafe")
@@ -44,8 +45,11 @@ class OverRefusalItem(BaseModel):
     source: str = ""                    # file stem: which set the prompt came from
 
 
+PROBES_ASSET = "assets/over_refusal_probes.csv"
+
+
 def probe_set_path() -> Path:
-    return Path(str(resources.files("oyster_exp") / "assets" / "over_refusal_probes.csv"))
+    return package_file(PROBES_ASSET)
 
 
 def load_xstest_csv(path: Path | str, languages: tuple[str, ...] | None = None, limit: int | None = None

@@ -12,18 +12,27 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from oyster_exp.core.errors import StageError
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import EvalRecord
-from oyster_exp.data.taxonomy import taxonomy_for
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET, taxonomy_for
 from oyster_exp.evaluation import suite
 from oyster_exp.evaluation.generation import GenerationSettings, bind_subject, local_subject, server_subject
+from oyster_exp.evaluation.over_refusal import PROBES_ASSET
 from oyster_exp.llm.base import LLMClient
 from oyster_exp.models.resolve import resolve_model_dir
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
-from oyster_exp.pipeline.runner import RunContext, Stage
+from oyster_exp.pipeline.runner import (
+    CHARS_PER_TOKEN,
+    GUIDELINE_CHARS,
+    CallEstimate,
+    RunContext,
+    Stage,
+    Workload,
+    template_chars,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +87,62 @@ def missing_data(cfg: Any) -> dict[str, str]:
     return out
 
 
+# Strata-Sword prompts per file (EN 100/100/200, CN 100/100/100 per level): the count when the files are absent
+_STRATA_SIZES = {("en", 1): 100, ("en", 2): 100, ("en", 3): 200}
+
+
+def benchmark_items(cfg: Any, work: Workload) -> dict[str, tuple[int, float]]:
+    """benchmark -> (items each evaluated model answers, mean prompt characters), as the stage would load them.
+
+    Files that exist are counted (they are small); absent ones count 0 under `eval.on_missing_data=skip`,
+    and Strata-Sword's published sizes otherwise.
+    """
+    ev = cfg.eval
+    skip = _val(ev.on_missing_data) == "skip"
+    out: dict[str, tuple[int, float]] = {}
+
+    def limited(n: int, limit: Any) -> int:
+        return min(n, int(limit)) if limit else n
+
+    if ev.construction.enabled:
+        if _val(ev.construction.source) == "file":
+            path = Path(str(ev.construction.path)).expanduser()
+            n = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) \
+                if path.is_file() else 0
+        else:
+            n = work.heldout
+        out["construction"] = (limited(n, ev.construction.limit), work.query_chars)
+    if ev.strata_sword.enabled:
+        from oyster_exp.evaluation.strata_sword import load_strata_sword
+
+        ss = ev.strata_sword
+        limit = int(ss.limit) if ss.limit else None
+        n = 0
+        cells = [(lang, int(lvl)) for lang in ss.languages for lvl in ss.levels]
+        for f, (lang, lvl) in zip(_strata_files(cfg), cells):
+            if f.exists():
+                n += len(load_strata_sword(f.parent, languages=(lang,), levels=(lvl,), limit=limit))
+            elif not skip:
+                n += limited(_STRATA_SIZES.get((lang, lvl), 100), limit)
+        out["strata_sword"] = (n, 600.0)
+    if ev.harmbench.enabled and ev.harmbench.path:
+        from oyster_exp.evaluation.harmbench import load_harmbench
+
+        path = Path(str(ev.harmbench.path)).expanduser()
+        n = len(load_harmbench(path, limit=int(ev.harmbench.limit) if ev.harmbench.limit else None)) \
+            if path.is_file() else 0
+        out["harmbench"] = (n, 300.0)
+    if ev.over_refusal.enabled:
+        from oyster_exp.evaluation.over_refusal import load_xstest_csv, probe_set_path
+
+        orc = ev.over_refusal
+        files = ([probe_set_path()] if orc.probes else []) + ([Path(str(orc.path)).expanduser()] if orc.path else [])
+        n = sum(len(load_xstest_csv(f, tuple(orc.languages), int(orc.limit) if orc.limit else None))
+                for f in files if f.is_file())
+        out["over_refusal"] = (n, 100.0)
+    return out
+
+
 class EvaluateStage(Stage):
     name = "evaluate"
     version = 2
@@ -85,6 +150,42 @@ class EvaluateStage(Stage):
     inputs = ("queries", "train")
     config_keys = ("eval", "model", "llm.roles.user_judge", "llm.roles.safety_judge", "llm.max_retries",
                    "data.system_prompt", "risk.taxonomy_path", "seed")
+    unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
+    templates = ("user_judge", "safety_judge", "strata_classify", "strata_rule_judge", "harmbench_judge",
+                 "refusal_judge")
+    assets = (TAXONOMY_ASSET, PROBES_ASSET, "evaluation/lm_eval_tasks")
+
+    def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
+        """Per evaluated model and benchmark item: one answer from the subject (role `subject`), then the
+        judges: construction the user and safety judges, Strata-Sword a classification (`classify`) and a
+        verdict, HarmBench and over-refusal one verdict. Exact when every answer succeeds (a failed answer is
+        not judged), the trained model exists, no reasoning runs out of budget (`answer_after_think` then
+        asks once more) and no copyright behaviour is skipped; lm-eval capability makes no service call."""
+        from oyster_exp.evaluation.generation import SUBJECT_ROLE
+        from oyster_exp.evaluation.judges import EVAL_JUDGE_ROLE
+
+        ev = cfg.eval
+        models = len(ev.models)
+        judge = EVAL_JUDGE_ROLE if ev.judge.client is not None else str(ev.judge.role)
+        answer = int(ev.generation.max_new_tokens) * CHARS_PER_TOKEN
+        out: list[CallEstimate] = []
+        for bench, (n, chars) in benchmark_items(cfg, work).items():
+            out.append(CallEstimate(SUBJECT_ROLE, n * models, chars))
+            context = chars + answer
+            if bench == "construction":
+                out += [CallEstimate("user_judge", n * models, context + template_chars("user_judge")),
+                        CallEstimate("safety_judge", n * models,
+                                     context + GUIDELINE_CHARS + template_chars("safety_judge"))]
+            elif bench == "strata_sword":
+                if ev.strata_sword.classify:
+                    out.append(CallEstimate(judge, n * models, chars + template_chars("strata_classify")))
+                out.append(CallEstimate(judge, n * models,
+                                        context + GUIDELINE_CHARS + template_chars("strata_rule_judge")))
+            elif bench == "harmbench":
+                out.append(CallEstimate(judge, n * models, context + template_chars("harmbench_judge")))
+            elif bench == "over_refusal":
+                out.append(CallEstimate(judge, n * models, context + template_chars("refusal_judge")))
+        return out
 
     def config_slice(self, cfg: Any) -> dict[str, Any]:
         out = super().config_slice(cfg)

@@ -7,7 +7,8 @@ from typing import Any
 from oyster_exp.core.errors import StageError
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import QueryRecord
-from oyster_exp.data.seed import heldout_split, seed_path
+from oyster_exp.data.seed import SEED_ASSET, heldout_split, seed_path
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
 
@@ -22,6 +23,7 @@ class QueriesStage(Stage):
     name = "queries"
     record_type = QueryRecord
     config_keys = ("data", "seed")
+    assets = (SEED_ASSET, TAXONOMY_ASSET)   # the seed set, checked against the taxonomy's category names
 
     def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
         path = _source_path(ctx)
