@@ -154,6 +154,7 @@ def test_stage_estimates_equal_the_requests_of_a_real_run(arm: str, tiny_arms, c
                 continue
         assert got == est, (stage, got, est)
         compared.append(stage)
-    expected = {"default": {"generate", "assess", "extract", "optimize", "evaluate"},
-                "lingo_bp=paper": {"optimize", "evaluate"}, "stackelberg=on": {"optimize", "evaluate"}}[arm]
-    assert expected <= set(compared) | {s for s in expected if s == "optimize"}, compared
+    # the first arm computes every stage; the others change optimize's config (later stages may be hits when its
+    # records come out the same, as for paper's both x3 cut to one epoch by debug=fast)
+    expected = {"generate", "assess", "extract", "optimize", "evaluate"} if arm == "default" else {"optimize"}
+    assert expected <= set(compared), compared
