@@ -112,6 +112,11 @@ class StrategySimilarity:
     def __call__(self, a: str, b: str) -> float:
         raise NotImplementedError(f"{type(self).__qualname__} must implement __call__")
 
+    @property
+    def reads_base_model(self) -> bool:
+        """True when the run's base model decides the scores (the optimize stage then declares `model`)."""
+        return False
+
     def with_base_model(self, model_dir: Callable[[], str | Path]) -> StrategySimilarity:
         """This similarity once the run's base model is known (`model_dir` is called only if needed)."""
         return self
@@ -157,6 +162,10 @@ class EmbeddingSimilarity(StrategySimilarity):
 
     replace_threshold: float = field(default=0.7, metadata=rng(ge=0.0, le=1.0))
     model_dir: str | None = None          # a local checkpoint; None: the run's base model (cfg.model)
+
+    @property
+    def reads_base_model(self) -> bool:
+        return self.model_dir is None
 
     def with_base_model(self, model_dir: Callable[[], str | Path]) -> StrategySimilarity:
         return self if self.model_dir is not None else dataclasses.replace(self, model_dir=str(model_dir()))

@@ -9,14 +9,15 @@ is stored under its canonical EN name).
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from oyster_exp.core.contract import package_file
 from oyster_exp.core.errors import DataError
 from oyster_exp.data.jsonl_files import jsonl_objects
 from oyster_exp.data.taxonomy import NO_RISK, Taxonomy, UnknownCategoryError, default_taxonomy
 
+SEED_ASSET = "assets/seed_queries.jsonl"
 KEYS = ("id", "query", "language", "risk_level", "category", "persona", "task")
 LANGUAGES = ("en", "cn")
 LEVELS = ("R0", "R1", "R2")
@@ -24,7 +25,7 @@ LEVELS = ("R0", "R1", "R2")
 
 def seed_path() -> Path:
     """Location of the packaged seed set (a real file: the package is installed unzipped)."""
-    return Path(str(resources.files("oyster_exp") / "assets" / "seed_queries.jsonl"))
+    return package_file(SEED_ASSET)
 
 
 def heldout_split(qid: str, seed: int, heldout_fraction: float) -> str:

@@ -12,13 +12,13 @@ import difflib
 import re
 from enum import Enum
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from oyster_exp.core.contract import package_file
 from oyster_exp.core.errors import DataError
 
 UNKNOWN = "Unknown Risk"
@@ -274,7 +274,7 @@ class Taxonomy:
         return cls(cats, default.unknown, default.no_risk)
 
 
-_ASSET = "assets/taxonomy/categories.yaml"
+TAXONOMY_ASSET = "assets/taxonomy/categories.yaml"
 _RULE_MARK = re.compile(r"^\s*\(?\d{1,2}[.、)）](?!\d)\s*")
 
 
@@ -327,11 +327,15 @@ def _from_mapping(raw: Any, source: str) -> Taxonomy:
     return Taxonomy(cats, make(raw["unknown"], "unknown", True), make(raw["no_risk"], "no_risk", True))
 
 
-@lru_cache(maxsize=1)
 def default_taxonomy() -> Taxonomy:
-    """The project's taxonomy from the packaged asset; cached because every stage asks for it."""
-    asset = resources.files("oyster_exp").joinpath(*_ASSET.split("/"))
-    return _from_mapping(yaml.safe_load(asset.read_text(encoding="utf-8")), "oyster_exp/" + _ASSET)
+    """The project's taxonomy from the packaged asset (`TAXONOMY_ASSET`, which a stage using it declares)."""
+    return _load_default(str(package_file(TAXONOMY_ASSET)))
+
+
+@lru_cache(maxsize=2)
+def _load_default(path: str) -> Taxonomy:
+    # cached because every stage asks for it; the declaration check above runs on every call
+    return _from_mapping(yaml.safe_load(Path(path).read_text(encoding="utf-8")), "oyster_exp/" + TAXONOMY_ASSET)
 
 
 @lru_cache(maxsize=8)

@@ -3,8 +3,14 @@
 queries -> generate -> assess -> extract -> optimize -> pairs -> train -> evaluate -> report
 
 Each stage is a function of (its config slice, its input artifacts). Its cache key hashes the
-stage name and version, the resolved config slice, and the sha256 of every input artifact; a
-finished entry is reused as is, an unfinished one (a killed run) is resumed record by record.
+stage name and version, the resolved config slice, the sha256 of every input artifact, and the
+content of every prompt template and packaged asset the stage declares; a finished entry is reused as
+is, an unfinished one (a killed run) is resumed record by record.
+
+The stage contract holds while a stage runs: `ctx.cfg` is a read-only view of exactly the keys the
+stage declares (`config_keys`, plus `unkeyed_keys`); reading any other key raises `ContractError`
+naming the stage and the key, and so does rendering a template or opening a packaged asset it does
+not declare (`oyster_exp.core.contract`). The full config stays in `ctx.full_cfg` for the runner.
 
 Failure policy. A record that failed transiently (`csa.records`: an LLM call gave no usable answer) is
 not finished work: its stage's entry is sealed `PARTIAL`, not `COMPLETE`, and the run ends with status
@@ -19,20 +25,26 @@ the stage, the count and the first reason (exit 1).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from pydantic import BaseModel
 
 from oyster_exp.config.structured import FailurePolicyConfig
+from oyster_exp.core.contract import ContractError, active_stage, asset_files, declared
 from oyster_exp.core.errors import StageError
 from oyster_exp.core.hashing import file_hash, stable_hash
+from oyster_exp.core.estimates import CallEstimate, Workload
+from oyster_exp.csa.prompts import template_files
 from oyster_exp.llm.service import LLMService
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal, link_or_copy_tree, read_records, write_records
 
@@ -45,9 +57,67 @@ def nonzero_rank() -> bool:
     return any(int(os.environ.get(k) or 0) > 0 for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
+class UndeclaredConfigKey(ContractError, InterpolationResolutionError):
+    """Raised by the placeholder of an undeclared key: an interpolation error type, so OmegaConf passes it
+    through unchanged on every read path (attribute, item, `.get`, `to_container(resolve=True)`)."""
+
+
+_UNDECLARED = "oyster_exp_undeclared"
+
+
+def _undeclared(key: str) -> Any:
+    d = declared()
+    stage = d.stage if d is not None else "?"
+    raise UndeclaredConfigKey(f"stage {stage!r} reads config key {key!r}, which it does not declare (add it to "
+                              f"the stage's `config_keys`, or to `unkeyed_keys` if it cannot change the output)")
+
+
+if not OmegaConf.has_resolver(_UNDECLARED):
+    OmegaConf.register_new_resolver(_UNDECLARED, _undeclared)
+
+
+def _covers(declared: set[str], key: str) -> str:
+    """"all" when `key` is declared (or under a declared key), "part" when a declared key lies below it."""
+    if any(key == d or key.startswith(d + ".") for d in declared):
+        return "all"
+    return "part" if any(d.startswith(key + ".") for d in declared) else "none"
+
+
+def config_view(cfg: DictConfig, keys: tuple[str, ...] | list[str]) -> DictConfig:
+    """A read-only config holding the resolved values of `keys` only.
+
+    Every other key of `cfg` stays present as a placeholder whose read raises `UndeclaredConfigKey`, so
+    `view.get("model")` fails as loudly as `view.model` instead of returning a default; keys absent from
+    `cfg` behave as before (`.get` gives its default). Declared nodes keep their structured-config types.
+    """
+    full = copy.deepcopy(cfg)
+    declared = set(keys)
+
+    def build(node: DictConfig, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in node:
+            key = f"{prefix}{k}"
+            cover = _covers(declared, key)
+            if cover == "all":
+                value = OmegaConf.select(full, key)
+                if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+                    OmegaConf.resolve(value)
+                out[str(k)] = value
+            elif cover == "part" and isinstance(node._get_node(k), DictConfig):
+                out[str(k)] = build(node[k], key + ".")
+            else:
+                out[str(k)] = "${" + _UNDECLARED + ":'" + key + "'}"
+        return out
+
+    view = OmegaConf.create(build(full, ""), flags={"allow_objects": True})
+    OmegaConf.set_struct(view, True)
+    OmegaConf.set_readonly(view, True)
+    return view
+
+
 @dataclass
 class RunContext:
-    cfg: DictConfig
+    cfg: DictConfig                 # the full config; while a stage runs, that stage's view (`config_view`)
     run_dir: Path
     cache_root: Path
     loggers: list[Any] = field(default_factory=list)   # Lightning loggers (W&B, CSV)
@@ -57,6 +127,23 @@ class RunContext:
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     input_hashes: dict[str, str] = field(default_factory=dict)
     current_stage: str = "-"
+    full_cfg: DictConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.full_cfg = self.cfg
+
+    @contextlib.contextmanager
+    def stage_scope(self, stage: Stage) -> Iterator[None]:
+        """Within: `cfg` is the stage's view, and templates and assets are checked against its declarations."""
+        view = config_view(self.full_cfg, stage.visible_keys(self.full_cfg))
+        with active_stage(stage.name, stage.templates, stage.assets):
+            self.cfg = view
+            try:
+                yield
+            except UndeclaredConfigKey as e:       # OmegaConf appends "full_key: ..." lines: keep the one line
+                raise ContractError(str(e).splitlines()[0]) from None
+            finally:
+                self.cfg = self.full_cfg
 
     @property
     def service(self) -> LLMService:
@@ -64,7 +151,7 @@ class RunContext:
         if self._service is None:
             from oyster_exp.llm.build import build_service
 
-            self._service = build_service(self.cfg, self.cache_root)
+            self._service = build_service(self.full_cfg, self.cache_root)
         self._service.stage = self.current_stage
         return self._service
 
@@ -87,13 +174,34 @@ class Stage:
     version: ClassVar[int] = 1
     record_type: ClassVar[type[BaseModel]]
     inputs: ClassVar[tuple[str, ...]] = ()
-    config_keys: ClassVar[tuple[str, ...]] = ()
+    config_keys: ClassVar[tuple[str, ...]] = ()     # what the stage reads and its cache key hashes
+    # readable too, but outside the cache key because they cannot change the output (batching, caches)
+    unkeyed_keys: ClassVar[tuple[str, ...]] = ()
+    templates: ClassVar[tuple[str, ...]] = ()       # prompt templates rendered (csa/prompts/<lang>/<name>.j2)
+    assets: ClassVar[tuple[str, ...]] = ()          # packaged files or folders read, relative to oyster_exp/
     cacheable: ClassVar[bool] = True
     joins_ranks: ClassVar[bool] = False  # every rank of a multi-process launch runs it together (train)
 
+    def declared_keys(self, cfg: DictConfig) -> tuple[str, ...]:
+        """The keys this stage reads and hashes for `cfg`; a stage whose needs depend on a choice adds them here."""
+        return self.config_keys
+
+    def visible_keys(self, cfg: DictConfig) -> tuple[str, ...]:
+        return (*self.config_slice(cfg).keys(), *self.unkeyed_keys)
+
+    def asset_hashes(self) -> dict[str, str]:
+        """sha256 of every declared template (each language) and packaged asset, for the cache key."""
+        out = {f"prompts/{k}": file_hash(p) for name in self.templates for k, p in template_files(name).items()}
+        out.update({k: file_hash(p) for a in self.assets for k, p in asset_files(a).items()})
+        return out
+
+    def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
+        """The LLM requests this stage makes for `work` (first attempts; no LLM: none)."""
+        return []
+
     def config_slice(self, cfg: DictConfig) -> dict[str, Any]:
         out = {}
-        for key in self.config_keys:
+        for key in self.declared_keys(cfg):
             node = OmegaConf.select(cfg, key, default=None)
             out[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig,)) or \
                 OmegaConf.is_list(node) else node
@@ -143,19 +251,25 @@ def _upstream_closure(stage: Stage, stages: list[Stage]) -> set[str]:
     return seen
 
 
+def stage_key(ctx: RunContext, stage: Stage) -> str:
+    """The content address of `stage` for this config and these upstream results (see the module docstring)."""
+    input_hashes = {name: file_hash(ctx.entries[name].records_path) for name in stage.inputs}
+    with ctx.stage_scope(stage):
+        extra = stage.extra_inputs(ctx)
+    ctx.input_hashes.update({f"{stage.name}:{k}": v for k, v in extra.items()})
+    return stable_hash({"stage": stage.name, "version": stage.version, "config": stage.config_slice(ctx.full_cfg),
+                        "inputs": input_hashes, "extra": extra, "assets": stage.asset_hashes()})
+
+
 def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
     inputs = {name: ctx.outputs[name] for name in stage.inputs}
-    input_hashes = {name: file_hash(ctx.entries[name].records_path) for name in stage.inputs}
-    extra = stage.extra_inputs(ctx)
-    ctx.input_hashes.update({f"{stage.name}:{k}": v for k, v in extra.items()})
-    key = stable_hash({"stage": stage.name, "version": stage.version, "config": stage.config_slice(ctx.cfg),
-                       "inputs": input_hashes, "extra": extra})
+    key = stage_key(ctx, stage)
     entry = CacheEntry(ctx.cache_root / "stages", stage.name, key)
     ctx.entries[stage.name] = entry
     stats = ctx.stats[stage.name]
     stats["key"] = key[:20]
     t0 = time.time()
-    if (not stage.cacheable or not ctx.cfg.stage_cache) and (entry.complete or entry.partial):
+    if (not stage.cacheable or not ctx.full_cfg.stage_cache) and (entry.complete or entry.partial):
         entry.reset()
     with (contextlib.nullcontext() if stage.joins_ranks and nonzero_rank() else entry.lock()):
         if entry.complete or (entry.partial and not run_it):
@@ -178,7 +292,8 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
                      f" (resuming after {resumed} records)" if resumed else "")
             ctx.current_stage = stage.name
             try:
-                stage.run(ctx, inputs, journal, entry)
+                with ctx.stage_scope(stage):
+                    stage.run(ctx, inputs, journal, entry)
             finally:
                 journal.close()
                 ctx.current_stage = "-"
@@ -188,7 +303,8 @@ def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
     files = entry.dir / "files"
     if files.exists():
         link_or_copy_tree(files, ctx.run_dir / stage.name)
-    summary = stage.summarize(ctx, records)
+    with ctx.stage_scope(stage):
+        summary = stage.summarize(ctx, records)
     if summary:
         stats["summary"] = summary
     stats["records"] = len(records)
@@ -260,7 +376,7 @@ def check_failures(ctx: RunContext, name: str, records: list[Any]) -> None:
         return
     first = " ".join(str(counts["first_failure"]).split())[:200]
     ctx.stats[name]["first_failure"] = first
-    limit = failure_share_limit(ctx.cfg)
+    limit = failure_share_limit(ctx.full_cfg)
     if n == total or n / total > limit:
         raise StageError(f"stage {name}: {n}/{total} records failed (first: {first}); over "
                          f"failure_policy.max_failed_share={limit:g}, the next run of the same command retries them")

@@ -11,11 +11,14 @@ The estimates are arithmetic on the config (formulas below), not measurements:
   ZeRO-3 shard all three over every GPU, ZeRO-2 shards gradients and moments, DDP shards nothing;
   activations per layer ≈ 34·s·b·h bytes (Korthikanti et al. 2022, 16-bit, flash attention so no s² term),
   b = 2 × training.batch_size for ORPO (chosen and rejected), logits b·s·V·(2 + 4) bytes;
-* LLM calls per training query: generate 2 (answer, reasoning) [×K with Stackelberg], assess 1, extract 1,
-  optimize 2 judges for the initial answer + 4 per Lingo-BP epoch (edit, recombine, two judges), so the
-  paper's both×3 is 14 in optimize and 18 in all; evaluation: 2 judge calls per held-out query and model,
-  1 per Strata-Sword prompt and model. Retries come on top. Tokens: prompt ≈ characters / 3.5, completion
-  = the role's max_tokens (an upper bound).
+* LLM calls: each stage states its own (`Stage.estimate`, next to the code that makes the calls, where it
+  says when it is exact and when an upper bound); this module sums them. Per training query that is
+  generate 2 (answer, reasoning), assess 1, extract 1, optimize 2 judges for the initial answer + 4 per
+  Lingo-BP epoch (edit, recombine, two judges), so the paper's both×3 is 14 in optimize and 18 in all;
+  Stackelberg with K candidates multiplies optimize's recombinations and judgements by K. Evaluation:
+  one subject answer per item and model, then its judges. First attempts only: retries come on top, and
+  `tests/run/test_dry_run.py` holds the estimate equal to a real tiny run's requests per stage. Tokens:
+  prompt ≈ characters / 3.5, completion = the role's max_tokens (an upper bound).
 """
 from __future__ import annotations
 
@@ -23,18 +26,17 @@ import io
 import json
 import math
 from dataclasses import asdict, dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from oyster_exp.csa.lingo_bp import lingo_schedule
+from oyster_exp.core.estimates import CHARS_PER_TOKEN, CallEstimate, Workload
+from oyster_exp.run.manifest import EVAL_STAGES
 
 GIB = 1024**3
 GPU_GIB = 80          # the memory of the GPUs the paper configs target (A100/H100 80G)
-CHARS_PER_TOKEN = 3.5
 
 
 @dataclass
@@ -99,65 +101,55 @@ def _tokens(text_chars: float) -> int:
     return int(math.ceil(text_chars / CHARS_PER_TOKEN))
 
 
-def _template_chars(name: str) -> int:
-    path = Path(str(resources.files("oyster_exp") / "csa" / "prompts" / "en" / f"{name}.j2"))
-    return len(path.read_text()) if path.exists() else 400
+def _out_tokens(cfg: DictConfig, role: str) -> int:
+    """A role's completion budget: the data-engine roles' max_tokens, the eval subject's and judge's own."""
+    from oyster_exp.evaluation.generation import SUBJECT_ROLE
+    from oyster_exp.evaluation.judges import EVAL_JUDGE_ROLE
+
+    if role == SUBJECT_ROLE:
+        return int(cfg.eval.generation.max_new_tokens)
+    if role == EVAL_JUDGE_ROLE:
+        return int(cfg.eval.judge.max_tokens)
+    return int(cfg.llm.roles[role].max_tokens) if role in cfg.llm.roles else 0
 
 
-def estimate_llm(cfg: DictConfig, n_train: int, n_heldout: int, n_strata: int, query_chars: float) -> dict[str, Any]:
-    """LLM calls and tokens per stage from the dataset size and the config (formulas: module docstring)."""
-    roles = cfg.llm.roles
+def stage_estimates(cfg: DictConfig, work: Workload) -> dict[str, list[CallEstimate]]:
+    """Each stage's own estimate (`Stage.estimate`) for `work`, by stage, in graph order."""
+    from oyster_exp.stages import default_stages
 
-    def out_tokens(role: str) -> int:
-        return int(roles[role].max_tokens) if role in roles else 0
+    return {s.name: s.estimate(cfg, work) for s in default_stages()}
 
-    q = query_chars
-    resp = out_tokens("actor") * CHARS_PER_TOKEN
-    chain = out_tokens("editor") * CHARS_PER_TOKEN
-    k = int(instantiate(cfg.stackelberg).candidates)   # the leader rule: 1 unless stackelberg=on
-    epochs = len(lingo_schedule(cfg.lingo_bp))
-    # (stage, role, calls per item, prompt chars per call)
-    per_query = [
-        ("generate", "actor", 2 * k, q + _template_chars("actor_think") / 2),
-        ("assess", "safety_judge", 1, q + _template_chars("assess")),
-        ("extract", "editor", 1, q + resp + _template_chars("extract")),
-        ("optimize", "user_judge", 1 + epochs, q + resp + _template_chars("user_judge")),
-        ("optimize", "safety_judge", 1 + epochs, q + resp + _template_chars("safety_judge") + 400),
-        ("optimize", "editor", epochs, q + resp + chain + 2 * 400 + _template_chars("edit")),
-        ("optimize", "actor", epochs, q + chain + _template_chars("recombine")),
-    ]
-    if k > 1:   # every Stackelberg candidate is judged before the leader chooses
-        per_query += [("generate", "user_judge", k, q + resp + _template_chars("user_judge")),
-                      ("generate", "safety_judge", k, q + resp + _template_chars("safety_judge"))]
-    models = len(cfg.eval.models)
-    gen_out = int(cfg.eval.generation.max_new_tokens) * CHARS_PER_TOKEN
-    per_eval = [("evaluate", "user_judge", n_heldout * models, q + gen_out + _template_chars("user_judge")),
-                ("evaluate", "safety_judge", n_heldout * models, q + gen_out + _template_chars("safety_judge")),
-                ("evaluate", "safety_judge", n_strata * models, 600 + gen_out + _template_chars("strata_judge"))]
+
+def estimate_llm(cfg: DictConfig, work: Workload) -> dict[str, Any]:
+    """LLM requests and tokens per stage, summed from the stages' own estimates (first attempts)."""
+    from oyster_exp.evaluation.generation import SUBJECT_ROLE
+
     rows: dict[str, dict[str, int]] = {}
-    for stage, role, calls, chars in per_query:
-        r = rows.setdefault(stage, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
-        r["calls"] += calls * n_train
-        r["tokens_in"] += calls * n_train * _tokens(chars)
-        r["tokens_out"] += calls * n_train * out_tokens(role)
-    for stage, role, calls, chars in per_eval:
-        r = rows.setdefault(stage, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
-        r["calls"] += calls
-        r["tokens_in"] += calls * _tokens(chars)
-        r["tokens_out"] += calls * out_tokens(role)
-    engine = {k2: sum(v[k2] for s, v in rows.items() if s != "evaluate") for k2 in ("calls", "tokens_in", "tokens_out")}
+    subject = 0
+    for stage, calls in stage_estimates(cfg, work).items():
+        for c in calls:
+            if c.role == SUBJECT_ROLE:             # the model under test answering, not a data-engine call
+                subject += c.calls
+                continue
+            r = rows.setdefault(stage, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
+            r["calls"] += c.calls
+            r["tokens_in"] += c.calls * _tokens(c.prompt_chars)
+            r["tokens_out"] += c.calls * _out_tokens(cfg, c.role)
+    per_query = stage_estimates(cfg, Workload(train=1, heldout=0, query_chars=work.query_chars))
+    engine = {k: sum(v[k] for s, v in rows.items() if s not in EVAL_STAGES) for k in ("calls", "tokens_in",
+                                                                                       "tokens_out")}
     return {
         "per_stage": rows,
-        "calls_per_train_query": sum(c for _, _, c, _ in per_query),
-        "optimize_calls_per_query": sum(c for s, _, c, _ in per_query if s == "optimize"),
+        "calls_per_train_query": sum(c.calls for s, cs in per_query.items() if s not in EVAL_STAGES for c in cs),
+        "optimize_calls_per_query": sum(c.calls for c in per_query.get("optimize", [])),
         "llm_calls": engine["calls"], "tokens_in": engine["tokens_in"], "tokens_out": engine["tokens_out"],
-        "eval_llm_calls": rows["evaluate"]["calls"],
-        "eval_subject_generations": (n_heldout + n_strata) * models,
+        "eval_llm_calls": sum(v["calls"] for s, v in rows.items() if s in EVAL_STAGES),
+        "eval_subject_generations": subject,
     }
 
 
-def _dataset(cfg: DictConfig) -> tuple[int, int, float]:
-    """(train queries, held-out queries, mean query characters) as the queries stage would split them:
+def workload(cfg: DictConfig) -> Workload:
+    """Train and held-out queries and the mean query length, as the queries stage would split them:
     the same `data` component gives the same rows."""
     from hydra.utils import instantiate
 
@@ -167,17 +159,7 @@ def _dataset(cfg: DictConfig) -> tuple[int, int, float]:
     rows = source.rows()
     splits = [heldout_split(r["id"], int(cfg.seed), float(source.heldout_fraction)) for r in rows]
     chars = sum(len(r["query"]) for r in rows) / max(1, len(rows))
-    return splits.count("train"), splits.count("heldout"), chars
-
-
-def _strata_count(cfg: DictConfig) -> int:
-    ss = cfg.eval.strata_sword
-    if not ss.enabled:
-        return 0
-    files = len(ss.languages) * len(ss.levels)
-    per_file = {1: 100, 2: 100, 3: 200}           # Strata-Sword: EN 100/100/200, CN 100/100/100 per level
-    total = sum(per_file.get(int(lvl), 100) if lang == "en" else 100 for lang in ss.languages for lvl in ss.levels)
-    return min(total, int(ss.limit) * files) if ss.limit else total
+    return Workload(train=splits.count("train"), heldout=splits.count("heldout"), query_chars=chars)
 
 
 def _architecture(cfg: DictConfig) -> tuple[dict[str, Any], str]:
@@ -251,8 +233,9 @@ def estimate(cfg: DictConfig) -> dict[str, Any]:
     mem = estimate_memory(params, arch, _gpus(trainer), strategy_name(trainer), precision,
                           int(cfg.training.batch_size), int(cfg.training.max_length),
                           pairs=instantiate(cfg.objective).uses_rejected)
-    n_train, n_heldout, qchars = _dataset(cfg)
-    llm = estimate_llm(cfg, n_train, n_heldout, _strata_count(cfg), qchars)
+    work = workload(cfg)
+    llm = estimate_llm(cfg, work)
+    n_train, n_heldout = work.train, work.heldout
     return {"experiment": cfg.get("experiment"), "model": str(cfg.model.model_id),
             "weights": model_source(cfg.model).weights_status(),
             "data_engine_llm": str(cfg.llm.name), "lingo_bp": lingo_schedule(cfg.lingo_bp),

@@ -10,16 +10,19 @@ from collections import Counter
 from typing import Any
 
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from oyster_exp.csa.assessment import RiskSettings, guidelines_for, reply_model, to_assessment
 from oyster_exp.csa.prompts import render
 from oyster_exp.csa.records import AssessmentRecord, QueryRecord, transient_failure
 from oyster_exp.csa.replies import NO_RISK
 from oyster_exp.csa.stackelberg import FOLLOWER_TYPES
-from oyster_exp.data.taxonomy import Taxonomy, taxonomy_for
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET, Taxonomy, taxonomy_for
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
+from oyster_exp.csa.prompts import template_chars
+from oyster_exp.core.estimates import CallEstimate, Workload
 
 
 def assess_conversation(q: QueryRecord, tax: Taxonomy, s: RiskSettings) -> list[ChatMessage]:
@@ -47,6 +50,15 @@ class AssessStage(Stage):
     record_type = AssessmentRecord
     inputs = ("queries",)
     config_keys = ("llm.roles.safety_judge", "llm.max_retries", "risk", "seed")
+    unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
+    templates = ("assess",)
+    assets = (TAXONOMY_ASSET,)
+
+    def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
+        """One safety-judge request per train query, none when no risk dimension is asked (exact)."""
+        if not instantiate(cfg.risk, _convert_="all").asks_anything:
+            return []
+        return [CallEstimate("safety_judge", work.train, work.query_chars + template_chars("assess"))]
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         tax = taxonomy_for(ctx.cfg)

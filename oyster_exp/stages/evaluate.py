@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from oyster_exp.core.errors import DataError, StageError
+from oyster_exp.core.estimates import CHARS_PER_TOKEN, CallEstimate, Workload
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import EvalRecord
-from oyster_exp.data.taxonomy import taxonomy_for
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET, taxonomy_for
 from oyster_exp.evaluation.benchmarks import configured
 from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, ModelRun
+from oyster_exp.evaluation.benchmarks.over_refusal import PROBES_ASSET
 from oyster_exp.evaluation.generation import GenerationSettings, bind_subject
 from oyster_exp.evaluation.subjects import Subject
 from oyster_exp.models.resolve import resolve_model_dir
@@ -72,6 +74,7 @@ def missing_data(cfg: Any) -> dict[str, str]:
     return out
 
 
+# Strata-Sword prompts per file (EN 100/100/200, CN 100/100/100 per level): the count when the files are absent
 class EvaluateStage(Stage):
     name = "evaluate"
     version = 2
@@ -79,6 +82,29 @@ class EvaluateStage(Stage):
     inputs = ("queries", "train")
     config_keys = ("eval", "model", "llm.roles.user_judge", "llm.roles.safety_judge", "llm.max_retries",
                    "data.system_prompt", "risk.taxonomy_path", "seed")
+    unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
+    templates = ("user_judge", "safety_judge", "strata_classify", "strata_rule_judge", "harmbench_judge",
+                 "refusal_judge")
+    assets = (TAXONOMY_ASSET, PROBES_ASSET, "evaluation/lm_eval_tasks")
+
+    def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
+        """Per evaluated model and benchmark item: one answer from the subject (role `subject`), then the
+        judges: construction the user and safety judges, Strata-Sword a classification (`classify`) and a
+        verdict, HarmBench and over-refusal one verdict. Exact when every answer succeeds (a failed answer is
+        not judged), the trained model exists, no reasoning runs out of budget (`answer_after_think` then
+        asks once more) and no copyright behaviour is skipped; lm-eval capability makes no service call."""
+        from oyster_exp.evaluation.judges import EVAL_JUDGE_ROLE
+
+        ev = cfg.eval
+        models = len(ev.models)
+        judge = EVAL_JUDGE_ROLE if ev.judge.client is not None else str(ev.judge.role)
+        answer = int(ev.generation.max_new_tokens) * CHARS_PER_TOKEN
+        skip = _val(ev.on_missing_data) == "skip"
+        out: list[CallEstimate] = []
+        for bench in benchmarks(cfg).values():
+            out += [CallEstimate(c.role, c.calls * models, c.prompt_chars)
+                    for c in bench.estimate(work, judge, answer, skip)]
+        return out
 
     def config_slice(self, cfg: Any) -> dict[str, Any]:
         out = super().config_slice(cfg)

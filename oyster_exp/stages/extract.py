@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import DictConfig
+
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.prompts import render
 from oyster_exp.csa.records import ChainRecord, transient_failure
@@ -14,6 +16,8 @@ from oyster_exp.csa.replies import ChainReply
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
+from oyster_exp.csa.prompts import template_chars
+from oyster_exp.core.estimates import CHARS_PER_TOKEN, CallEstimate, Workload
 from oyster_exp.stages.generate import chunks
 
 
@@ -21,7 +25,14 @@ class ExtractStage(Stage):
     name = "extract"
     record_type = ChainRecord
     inputs = ("generate",)
-    config_keys = ("llm.roles.editor", "llm.max_retries", "seed")  # chunk_size: see GenerateStage
+    config_keys = ("llm.roles.editor", "llm.max_retries", "seed")
+    unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
+    templates = ("extract",)
+
+    def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
+        """One editor request per train query whose generation succeeded (exact when all did)."""
+        reasoning = int(cfg.llm.roles.actor.max_tokens) * CHARS_PER_TOKEN
+        return [CallEstimate("editor", work.train, work.query_chars + reasoning + template_chars("extract"))]
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         todo = [g for g in inputs["generate"] if g.id not in journal]

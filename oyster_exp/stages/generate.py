@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import DictConfig
+
 from oyster_exp.csa.prompts import render
 from oyster_exp.csa.records import GenerationRecord, QueryRecord, transient_failure
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
+from oyster_exp.csa.prompts import template_chars
+from oyster_exp.core.estimates import CallEstimate, Workload
 
 
 def user_turn(q: QueryRecord, system_prompt: str) -> list[ChatMessage]:
@@ -29,9 +33,18 @@ class GenerateStage(Stage):
     name = "generate"
     record_type = GenerationRecord
     inputs = ("queries",)
-    # llm.chunk_size is left out on purpose: a reply depends on its request (and seed) only, not on
-    # which requests shared its batch, so changing the chunk size reuses the cached stage.
     config_keys = ("llm.roles.actor", "llm.max_retries", "data.system_prompt", "seed")
+    # llm.chunk_size is outside the key on purpose: a reply depends on its request (and seed) only, not on
+    # which requests shared its batch, so changing the chunk size reuses the cached stage.
+    unkeyed_keys = ("llm.chunk_size",)
+    templates = ("actor_think",)
+
+    def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
+        """An answer and a reasoning per train query: exact when every answer succeeds and the backend returns
+        no reasoning of its own (then the reasoning call is skipped: an upper bound)."""
+        q = work.query_chars
+        return [CallEstimate("actor", work.train, q),
+                CallEstimate("actor", work.train, q + template_chars("actor_think"))]
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         todo = [q for q in inputs["queries"] if q.split == "train" and q.id not in journal]

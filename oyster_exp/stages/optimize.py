@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.lingo_bp import MODES, EditSettings, LingoBPSettings, lingo_schedule
@@ -15,9 +16,12 @@ from oyster_exp.csa.optimize import LoopSettings, QueryInput, QueryResult, best_
 from oyster_exp.csa.players import judge_item_for
 from oyster_exp.csa.records import OptimizeRecord, transient_failure
 from oyster_exp.csa.stackelberg import LeaderRule, normalise_posterior
-from oyster_exp.data.taxonomy import taxonomy_for
+from oyster_exp.csa.strategies import StrategySimilarity
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET, taxonomy_for
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
+from oyster_exp.csa.prompts import template_chars
+from oyster_exp.core.estimates import CHARS_PER_TOKEN, GUIDELINE_CHARS, CallEstimate, Workload
 
 
 def settings_from(cfg: Any, actor_max_tokens: int | None = None) -> LoopSettings:
@@ -61,6 +65,36 @@ class OptimizeStage(Stage):
     inputs = ("generate", "assess", "extract")
     config_keys = ("llm.roles", "llm.max_retries", "lingo_bp", "stackelberg", "seed", "data.system_prompt",
                    "risk.taxonomy_path")
+    unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
+    templates = ("user_judge", "safety_judge", "edit", "recombine")
+    assets = (TAXONOMY_ASSET,)
+
+    def declared_keys(self, cfg: DictConfig) -> tuple[str, ...]:
+        # the embedding similarity embeds strategies with the base model: then the model decides the output
+        similarity: StrategySimilarity = instantiate(cfg.lingo_bp.similarity, _convert_="all")
+        return (*self.config_keys, "model") if similarity.reads_base_model else self.config_keys
+
+    def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
+        """Requests per train query, K = stackelberg.candidates when on, else 1, E = Lingo-BP epochs:
+        the initial answer judged (K actor samples first when K > 1), then per epoch one edit, K
+        recombinations and both judges on each. An upper bound, exact when no query stops early: a query
+        that reaches its pearl point (lingo_bp.early_stop) or fails a step skips its remaining epochs, and
+        a failed candidate is not judged."""
+        k = int(instantiate(cfg.stackelberg).candidates)   # the leader rule: 1 unless stackelberg=on
+        epochs = len(lingo_schedule(cfg.lingo_bp))
+        n, q = work.train, work.query_chars
+        resp = int(cfg.llm.roles.actor.max_tokens) * CHARS_PER_TOKEN
+        chain = int(cfg.llm.roles.editor.max_tokens) * CHARS_PER_TOKEN
+        judged = n * k * (1 + epochs)
+        out = [CallEstimate("user_judge", judged, q + resp + template_chars("user_judge")),
+               CallEstimate("safety_judge", judged, q + resp + GUIDELINE_CHARS + template_chars("safety_judge"))]
+        if k > 1:
+            out.append(CallEstimate("actor", n * k, q))
+        if epochs:
+            edit_chars = q + resp + chain + 2 * GUIDELINE_CHARS + template_chars("edit")
+            out += [CallEstimate("editor", n * epochs, edit_chars),
+                    CallEstimate("actor", n * k * epochs, q + chain + template_chars("recombine"))]
+        return out
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         s = settings_from(ctx.cfg)

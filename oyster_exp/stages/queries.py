@@ -8,8 +8,9 @@ from hydra.utils import instantiate
 from oyster_exp.core.errors import DataError, StageError
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import QueryRecord
-from oyster_exp.data.seed import heldout_split
+from oyster_exp.data.seed import SEED_ASSET, heldout_split
 from oyster_exp.data.sources import QuerySource
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
 
@@ -23,6 +24,7 @@ class QueriesStage(Stage):
     name = "queries"
     record_type = QueryRecord
     config_keys = ("data", "seed")
+    assets = (SEED_ASSET, TAXONOMY_ASSET)   # the seed set, checked against the taxonomy's category names
 
     def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
         path = query_source(ctx).file()

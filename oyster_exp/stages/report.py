@@ -37,6 +37,7 @@ class ReportStage(Stage):
     record_type = ReportRecord
     inputs = ("evaluate",)
     cacheable = False
+    config_keys = ("eval", "seed", "run_name", "model.model_id", "objective.name", "lingo_bp")
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         from oyster_exp.reporting.plots import plot_bars_with_ci, plot_construction_curves

@@ -44,6 +44,7 @@ class TrainStage(Stage):
     record_type = TrainRecord
     inputs = ("pairs",)
     config_keys = ("model", "objective", "training", "trainer", "peft", "seed")
+    unkeyed_keys = ("paths.cache_dir",)      # where the tokenization cache lives, not what is learnt
 
     def config_slice(self, cfg: Any) -> dict[str, Any]:
         out = super().config_slice(cfg)
@@ -90,7 +91,9 @@ class TrainStage(Stage):
         if int(tcfg.sample_generations) > 0:
             callbacks.append(SampleGenerationTable(val or train, int(tcfg.sample_generations),
                                                    int(tcfg.sample_max_new_tokens)))
-        card = strip_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        # the card records what the model was trained from: this stage's config slice (its cache key)
+        card = strip_secrets(OmegaConf.to_container(OmegaConf.create(self.config_slice(cfg)), resolve=True,
+                                                    enum_to_str=True))
         metrics, trainer = train_and_export(
             module, datamodule, cfg.trainer, export_dir=entry.dir / "files" / MODEL_SUBDIR,
             ckpt_dir=entry.dir / CKPT_SUBDIR, checkpoint_every_n_steps=int(tcfg.checkpoint_every_n_steps),

@@ -79,13 +79,82 @@ def test_memory_estimate_follows_the_sharding_rules() -> None:
 
 
 def test_llm_estimate_scales_with_the_schedule(compose_cfg) -> None:
+    from oyster_exp.core.estimates import Workload
     from oyster_exp.run.dry_run import estimate_llm
 
-    paper = estimate_llm(compose_cfg("lingo_bp=paper"), 10, 5, 0, 100.0)
-    one = estimate_llm(compose_cfg("lingo_bp=one_step"), 10, 5, 0, 100.0)
-    off = estimate_llm(compose_cfg("lingo_bp=off"), 10, 5, 0, 100.0)
+    work = Workload(train=10, heldout=5, query_chars=100.0)
+    paper = estimate_llm(compose_cfg("lingo_bp=paper"), work)
+    one = estimate_llm(compose_cfg("lingo_bp=one_step"), work)
+    off = estimate_llm(compose_cfg("lingo_bp=off"), work)
     assert (paper["optimize_calls_per_query"], one["optimize_calls_per_query"], off["optimize_calls_per_query"]) \
         == (14, 6, 2)
     assert paper["llm_calls"] == 10 * 18
-    k4 = estimate_llm(compose_cfg("stackelberg=on", "stackelberg.candidates=4"), 10, 5, 0, 100.0)
-    assert k4["per_stage"]["generate"]["calls"] == 10 * (2 * 4 + 2 * 4)       # K answers+reasonings, each judged
+    k4 = estimate_llm(compose_cfg("stackelberg=on", "stackelberg.candidates=4"), work)
+    # Stackelberg samples K candidates in optimize (the initial answer and every recombination), each judged
+    # by both judges; generate still asks once for the answer and once for its reasoning
+    assert k4["per_stage"]["generate"]["calls"] == 10 * 2
+    assert k4["optimize_calls_per_query"] == 4 + 2 * 4 + 1 + 4 + 2 * 4
+
+
+# --- each stage's estimate against a real tiny run -------------------------------------------------------------
+TINY_ARMS = {"default": [], "lingo_bp=paper": ["lingo_bp=paper"], "stackelberg=on": ["stackelberg=on"]}
+TINY_BASE = ["model=tiny_random", "debug=fast", "llm=local", "print_config=false"]
+
+
+def _requests_by_stage_role(manifest: dict) -> dict[str, dict[str, int]]:
+    """First-attempt requests per stage and role: calls + call-cache hits - retries (a retry is a call too)."""
+    out: dict[str, dict[str, int]] = {}
+    for key, c in manifest["llm_usage"].items():
+        stage, role = key.split("/", 1)
+        out.setdefault(stage, {})[role] = c["calls"] + c["cache_hits"] - c["retries"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_arms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[str], dict, Path]]:
+    """The three configs run for real on the tiny model, one after another into one outputs folder (the
+    later arms reuse the stages the first computed: those entries say `hit` and are not compared)."""
+    tmp = tmp_path_factory.mktemp("tiny_arms")
+    env = {**os.environ, "OYSTER_EXP_OUTPUTS": str(tmp / "outputs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    out = {}
+    for name, overrides in TINY_ARMS.items():
+        p = subprocess.run([sys.executable, "-m", "oyster_exp.run.cli", *TINY_BASE, *overrides],
+                           capture_output=True, text=True, env=env, cwd=tmp, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        run = max((tmp / "outputs" / "runs").glob("*/*"), key=lambda d: d.stat().st_mtime)
+        out[name] = (overrides, json.loads((run / "manifest.json").read_text()), run)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm", list(TINY_ARMS))
+def test_stage_estimates_equal_the_requests_of_a_real_run(arm: str, tiny_arms, compose_cfg) -> None:
+    from oyster_exp.run.dry_run import stage_estimates, workload
+
+    overrides, manifest, run = tiny_arms[arm]
+    cfg = compose_cfg(*TINY_BASE, *overrides)
+    work = workload(cfg)
+    assert manifest["counters"]["records"]["queries"] == work.train + work.heldout
+    seen = _requests_by_stage_role(manifest)
+    compared = []
+    for stage, calls in stage_estimates(cfg, work).items():
+        if manifest["counters"]["stage_cache"].get(stage) != "miss":
+            continue                                 # served from the cache: no calls to compare
+        est: dict[str, int] = {}
+        for c in calls:
+            est[c.role] = est.get(c.role, 0) + c.calls
+        est = {r: n for r, n in est.items() if n}
+        got = seen.get(stage, {})
+        assert manifest["counters"]["failures"][stage] == 0, stage  # then no estimate is a mere upper bound
+        if stage == "optimize":
+            stops = [json.loads(line).get("stop_reason") or "" for line in
+                     (run / "artifacts" / "optimize.jsonl").read_text().splitlines()]
+            if any(s.startswith("pearl point") for s in stops):   # early stop fired: the estimate bounds
+                assert all(got.get(r, 0) <= n for r, n in est.items()) and set(got) <= set(est), (stage, got, est)
+                continue
+        assert got == est, (stage, got, est)
+        compared.append(stage)
+    # the first arm computes every stage; the others change optimize's config (later stages may be hits when its
+    # records come out the same, as for paper's both x3 cut to one epoch by debug=fast)
+    expected = {"generate", "assess", "extract", "optimize", "evaluate"} if arm == "default" else {"optimize"}
+    assert expected <= set(compared), compared

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from oyster_exp.core.estimates import CallEstimate, Workload
+
 if TYPE_CHECKING:
     from oyster_exp.evaluation.generation import GenerationSettings
     from oyster_exp.evaluation.judges import EvalJudge
@@ -114,7 +116,31 @@ class Benchmark:
         """A curve to plot for one (split, model), or None."""
         return None
 
+    # -- the dry run's estimate (`EvaluateStage.estimate` sums these per evaluated model) ----------------
+
+    def items(self, work: Workload, skip_missing: bool) -> tuple[int, float]:
+        """(items each evaluated model answers, mean prompt characters) as `prepare` would load them: files
+        that exist are counted (they are small), absent ones count 0 when they would be skipped."""
+        return 0, 0.0
+
+    def judge_calls(self, n: int, prompt_chars: float, answer_chars: float, judge_role: str) -> list[CallEstimate]:
+        """The judges' first-attempt requests for `n` answered items."""
+        return []
+
+    def estimate(self, work: Workload, judge_role: str, answer_chars: float, skip_missing: bool) -> list[CallEstimate]:
+        """One answer from the subject per item, then the judges' calls: exact when every answer succeeds."""
+        from oyster_exp.evaluation.generation import SUBJECT_ROLE
+
+        n, chars = self.items(work, skip_missing)
+        if not n:
+            return []
+        return [CallEstimate(SUBJECT_ROLE, n, chars), *self.judge_calls(n, chars, answer_chars, judge_role)]
+
 
 def limit_of(value: int | None) -> int | None:
     """A `limit` knob: None or 0 means all items."""
     return int(value) if value else None
+
+
+def limited(n: int, limit: int | None) -> int:
+    return min(n, int(limit)) if limit else n

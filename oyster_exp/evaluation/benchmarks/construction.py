@@ -37,9 +37,11 @@ from pydantic import BaseModel, Field
 
 from oyster_exp.config.components import ge, register_component
 from oyster_exp.core.errors import DataError
+from oyster_exp.core.estimates import GUIDELINE_CHARS, CallEstimate, Workload
+from oyster_exp.csa.prompts import template_chars
 from oyster_exp.data.jsonl_files import jsonl_objects
 from oyster_exp.data.taxonomy import Taxonomy, default_taxonomy
-from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, Row, limit_of
+from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, Row, limit_of, limited
 from oyster_exp.evaluation.generation import Answer, conversation
 from oyster_exp.evaluation.rows import judged, row
 from oyster_exp.evaluation.stats import bootstrap_ci, bootstrap_ci_paired
@@ -251,6 +253,20 @@ class ConstructionBenchmark(Benchmark):
             return [Task(self.name, path.stem, skipped=missing)]
         items = load_constructive(path, env.taxonomy, limit_of(self.limit))
         return [construction_task(items, path.stem, env.service, env.taxonomy, env.system_prompt)]
+
+    def items(self, work: Workload, skip_missing: bool) -> tuple[int, float]:
+        path = self._file()
+        if path is None:
+            n = work.heldout
+        else:
+            n = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) \
+                if path.is_file() else 0
+        return limited(n, limit_of(self.limit)), work.query_chars
+
+    def judge_calls(self, n: int, prompt_chars: float, answer_chars: float, judge_role: str) -> list[CallEstimate]:
+        context = prompt_chars + answer_chars          # the method's own judges score construction
+        return [CallEstimate("user_judge", n, context + template_chars("user_judge")),
+                CallEstimate("safety_judge", n, context + GUIDELINE_CHARS + template_chars("safety_judge"))]
 
     def _scored(self, records: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         ok = [r for r in judged(records) if r.satisfaction is not None and r.risk is not None]

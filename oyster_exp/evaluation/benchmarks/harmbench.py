@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 
 from oyster_exp.config.components import ge, register_component
+from oyster_exp.core.estimates import CallEstimate, Workload
+from oyster_exp.csa.prompts import template_chars
 from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, Row, limit_of
 from oyster_exp.evaluation.generation import Answer, conversation
 from oyster_exp.evaluation.judges import EvalJudge
@@ -130,6 +132,14 @@ class HarmBenchBenchmark(Benchmark):
         if not self.path:
             raise ValueError("eval.harmbench.path: required when eval.harmbench.enabled=true")
         return Path(str(self.path)).expanduser()
+
+    def items(self, work: Workload, skip_missing: bool) -> tuple[int, float]:
+        path = Path(str(self.path)).expanduser() if self.path else None
+        n = len(load_harmbench(path, limit=limit_of(self.limit))) if path is not None and path.is_file() else 0
+        return n, 300.0
+
+    def judge_calls(self, n: int, prompt_chars: float, answer_chars: float, judge_role: str) -> list[CallEstimate]:
+        return [CallEstimate(judge_role, n, prompt_chars + answer_chars + template_chars("harmbench_judge"))]
 
     def data_files(self) -> list[Path]:
         return [self._path()]

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
 from oyster_exp.config.components import ge, register_component
+from oyster_exp.core.contract import package_file
+from oyster_exp.core.estimates import CallEstimate, Workload
+from oyster_exp.csa.prompts import template_chars
 from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, Row, limit_of
 from oyster_exp.evaluation.generation import Answer, conversation
 from oyster_exp.evaluation.judges import EvalJudge
@@ -53,8 +55,11 @@ class OverRefusalItem(BaseModel):
     source: str = ""                    # file stem: which set the prompt came from
 
 
+PROBES_ASSET = "assets/over_refusal_probes.csv"
+
+
 def probe_set_path() -> Path:
-    return Path(str(resources.files("oyster_exp") / "assets" / "over_refusal_probes.csv"))
+    return package_file(PROBES_ASSET)
 
 
 def load_xstest_csv(path: Path | str, languages: tuple[str, ...] | None = None, limit: int | None = None
@@ -152,6 +157,15 @@ class OverRefusalBenchmark(Benchmark):
     def config_problems(self) -> list[tuple[str, str]]:
         return [("languages", f"languages are 'en' or 'cn', got {x!r}") for x in self.languages
                 if x not in ("en", "cn")]
+
+    def items(self, work: Workload, skip_missing: bool) -> tuple[int, float]:
+        files = ([probe_set_path()] if self.probes else []) + \
+            ([Path(str(self.path)).expanduser()] if self.path else [])
+        n = sum(len(load_xstest_csv(f, tuple(self.languages), limit_of(self.limit))) for f in files if f.is_file())
+        return n, 100.0
+
+    def judge_calls(self, n: int, prompt_chars: float, answer_chars: float, judge_role: str) -> list[CallEstimate]:
+        return [CallEstimate(judge_role, n, prompt_chars + answer_chars + template_chars("refusal_judge"))]
 
     def data_files(self) -> list[Path]:
         return [Path(str(self.path)).expanduser()] if self.path else []

@@ -20,7 +20,9 @@ from omegaconf import MISSING
 from pydantic import BaseModel, Field
 
 from oyster_exp.config.components import ge, register_component
-from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, Row, limit_of
+from oyster_exp.core.estimates import GUIDELINE_CHARS, CallEstimate, Workload
+from oyster_exp.csa.prompts import template_chars
+from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, Row, limit_of, limited
 from oyster_exp.evaluation.generation import Answer, conversation
 from oyster_exp.evaluation.judges import EvalJudge, Verdict
 from oyster_exp.evaluation.rows import judged, rate, rate_rows, row, unsafe
@@ -181,6 +183,10 @@ def strata_task(items: list[StrataSwordItem], judge: EvalJudge, tax: Any, classi
     return Task(StrataSwordBenchmark.name, "test", prepared, run)
 
 
+# prompts per published file (language, level): the dry run's count when the data is not on this machine
+PUBLISHED_SIZES = {("en", 1): 100, ("en", 2): 100, ("en", 3): 200}
+
+
 @dataclass
 class StrataSwordBenchmark(Benchmark):
     """Strata-Sword (the paper's Jailbreak column): ASR per language and level, and 100 - mean ASR."""
@@ -206,6 +212,21 @@ class StrataSwordBenchmark(Benchmark):
         items = load_strata_sword(Path(str(self.path)).expanduser(), languages=tuple(self.languages),
                                   levels=tuple(int(x) for x in self.levels), limit=limit_of(self.limit))
         return [strata_task(items, env.judge, env.taxonomy, bool(self.classify), env.system_prompt)]
+
+    def items(self, work: Workload, skip_missing: bool) -> tuple[int, float]:
+        n = 0
+        cells = [(lang, int(lvl)) for lang in self.languages for lvl in self.levels]
+        for f, (lang, lvl) in zip(self.data_files(), cells):
+            if f.exists():
+                n += len(load_strata_sword(f.parent, languages=(lang,), levels=(lvl,), limit=limit_of(self.limit)))
+            elif not skip_missing:
+                n += limited(PUBLISHED_SIZES.get((lang, lvl), 100), limit_of(self.limit))
+        return n, 600.0
+
+    def judge_calls(self, n: int, prompt_chars: float, answer_chars: float, judge_role: str) -> list[CallEstimate]:
+        out = [CallEstimate(judge_role, n, prompt_chars + template_chars("strata_classify"))] if self.classify else []
+        return [*out, CallEstimate(judge_role, n, prompt_chars + answer_chars + GUIDELINE_CHARS
+                                   + template_chars("strata_rule_judge"))]
 
     def rows(self, split: str, model: str, records: list[Any], resamples: int, seed: int) -> list[Row]:
         ok = [r for r in judged(records) if r.verdict in ("safe", "unsafe")]
