@@ -42,8 +42,8 @@ from pydantic import BaseModel
 from oyster_exp.config.structured import FailurePolicyConfig
 from oyster_exp.core.contract import ContractError, active_stage, asset_files, declared
 from oyster_exp.core.errors import StageError
-from oyster_exp.core.hashing import file_hash, stable_hash
 from oyster_exp.core.estimates import CallEstimate, Workload
+from oyster_exp.core.hashing import file_hash, stable_hash
 from oyster_exp.csa.prompts import template_files
 from oyster_exp.llm.service import LLMService
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal, link_or_copy_tree, read_records, write_records

@@ -31,8 +31,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from oyster_exp.csa.lingo_bp import lingo_schedule
 from oyster_exp.core.estimates import CHARS_PER_TOKEN, CallEstimate, Workload
+from oyster_exp.csa.lingo_bp import lingo_schedule
 from oyster_exp.run.manifest import EVAL_STAGES
 
 GIB = 1024**3
@@ -92,7 +92,8 @@ def estimate_memory(params: int, arch: dict[str, Any], gpus: int, strategy: str,
         weights += params / max(1, layers) * act_bytes
     parts = [x / GIB for x in (weights, grads, optim, activations, logits)]
     return MemoryEstimate(params=params, gpus=n, strategy=strategy, precision=precision,
-                          weights_gib=round(parts[0], 2), grads_gib=round(parts[1], 2), optimizer_gib=round(parts[2], 2),
+                          weights_gib=round(parts[0], 2), grads_gib=round(parts[1], 2),
+                          optimizer_gib=round(parts[2], 2),
                           activations_gib=round(parts[3], 2), logits_gib=round(parts[4], 2),
                           total_gib=round(sum(parts), 2))
 

@@ -12,8 +12,9 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from oyster_exp.core.estimates import CallEstimate, Workload
 from oyster_exp.csa.assessment import RiskSettings, guidelines_for, reply_model, to_assessment
-from oyster_exp.csa.prompts import render
+from oyster_exp.csa.prompts import render, template_chars
 from oyster_exp.csa.records import AssessmentRecord, QueryRecord, transient_failure
 from oyster_exp.csa.replies import NO_RISK
 from oyster_exp.csa.stackelberg import FOLLOWER_TYPES
@@ -21,8 +22,6 @@ from oyster_exp.data.taxonomy import TAXONOMY_ASSET, Taxonomy, taxonomy_for
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
-from oyster_exp.csa.prompts import template_chars
-from oyster_exp.core.estimates import CallEstimate, Workload
 
 
 def assess_conversation(q: QueryRecord, tax: Taxonomy, s: RiskSettings) -> list[ChatMessage]:

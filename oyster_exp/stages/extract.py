@@ -9,15 +9,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from oyster_exp.core.estimates import CHARS_PER_TOKEN, CallEstimate, Workload
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.prompts import render
+from oyster_exp.csa.prompts import render, template_chars
 from oyster_exp.csa.records import ChainRecord, transient_failure
 from oyster_exp.csa.replies import ChainReply
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
-from oyster_exp.csa.prompts import template_chars
-from oyster_exp.core.estimates import CHARS_PER_TOKEN, CallEstimate, Workload
 from oyster_exp.stages.generate import chunks
 
 

@@ -10,13 +10,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from oyster_exp.csa.prompts import render
+from oyster_exp.core.estimates import CallEstimate, Workload
+from oyster_exp.csa.prompts import render, template_chars
 from oyster_exp.csa.records import GenerationRecord, QueryRecord, transient_failure
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
-from oyster_exp.csa.prompts import template_chars
-from oyster_exp.core.estimates import CallEstimate, Workload
 
 
 def user_turn(q: QueryRecord, system_prompt: str) -> list[ChatMessage]:

@@ -10,18 +10,18 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from oyster_exp.core.estimates import CHARS_PER_TOKEN, GUIDELINE_CHARS, CallEstimate, Workload
 from oyster_exp.csa.chain import SafetyChain
 from oyster_exp.csa.lingo_bp import MODES, EditSettings, LingoBPSettings, lingo_schedule
 from oyster_exp.csa.optimize import LoopSettings, QueryInput, QueryResult, best_index, optimize_batch
 from oyster_exp.csa.players import judge_item_for
+from oyster_exp.csa.prompts import template_chars
 from oyster_exp.csa.records import OptimizeRecord, transient_failure
 from oyster_exp.csa.stackelberg import LeaderRule, normalise_posterior
 from oyster_exp.csa.strategies import StrategySimilarity
 from oyster_exp.data.taxonomy import TAXONOMY_ASSET, taxonomy_for
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
-from oyster_exp.csa.prompts import template_chars
-from oyster_exp.core.estimates import CHARS_PER_TOKEN, GUIDELINE_CHARS, CallEstimate, Workload
 
 
 def settings_from(cfg: Any, actor_max_tokens: int | None = None) -> LoopSettings:

@@ -51,12 +51,13 @@ def test_view_holds_the_declared_keys_read_only(compose_cfg) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import ReadonlyConfigError
 
-    from oyster_exp.config.structured import LingoBPConfig
+    from oyster_exp.config.components import component_schema
+    from oyster_exp.csa.lingo_bp import LingoBPSettings
 
     cfg = compose_cfg("model=tiny_random", "debug=fast")
     view = config_view(cfg, ("llm.roles.actor", "lingo_bp", "seed", "eval"))
     assert view.seed == cfg.seed and view.llm.roles.actor.max_tokens == cfg.llm.roles.actor.max_tokens
-    assert OmegaConf.get_type(view.lingo_bp) is LingoBPConfig          # structured types survive
+    assert OmegaConf.get_type(view.lingo_bp) is component_schema(LingoBPSettings)   # structured types survive
     assert view.eval.strata_sword.path == cfg.eval.strata_sword.path    # interpolations resolved from the full tree
     assert view.get("no_such_key", 7) == 7                              # absent from the config: as before
     with pytest.raises(ReadonlyConfigError):
@@ -141,7 +142,7 @@ def test_optimize_declares_the_model_only_for_the_embedding_similarity(compose_c
     from oyster_exp.stages.optimize import OptimizeStage
 
     assert "model" not in OptimizeStage().config_slice(compose_cfg("model=tiny_random"))
-    sliced = OptimizeStage().config_slice(compose_cfg("model=tiny_random", "lingo_bp.similarity=embedding"))
+    sliced = OptimizeStage().config_slice(compose_cfg("model=tiny_random", "lingo_bp/similarity=embedding"))
     assert sliced["model"]["name"] == "tiny_random"
 
 

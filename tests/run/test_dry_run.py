@@ -20,9 +20,9 @@ def dry_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, d
     torch/transformers for all five); each job prints its tables and then one JSON line."""
     tmp = tmp_path_factory.mktemp("dry_run")
     env = {**os.environ, "OYSTER_EXP_OUTPUTS": str(tmp / "outputs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "oyster_exp.run.cli", "-m", f"experiment={','.join(PAPER + ['demo_cpu'])}",
-                        "dry_run=true", "print_config=false"], capture_output=True, text=True, env=env, cwd=tmp,
-                       timeout=600)
+    p = subprocess.run([sys.executable, "-m", "oyster_exp.run.cli", "-m",
+                        f"experiment={','.join(PAPER + ['demo_cpu'])}", "dry_run=true", "print_config=false"],
+                       capture_output=True, text=True, env=env, cwd=tmp, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     out: dict[str, tuple[str, dict]] = {}
     chunk: list[str] = []
