@@ -172,6 +172,7 @@ def run_ours(model_dir: str, steps: int, n_pairs: int, max_length: int) -> dict[
     import torch
 
     from oyster_exp.training.module import PreferenceModule
+    from oyster_exp.training.objectives import ORPOLoss
 
     clock = _Clock()
 
@@ -182,7 +183,7 @@ def run_ours(model_dir: str, steps: int, n_pairs: int, max_length: int) -> dict[
             clock.ends.append(time.perf_counter())
 
     optimizer = functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=True)
-    module = PreferenceModule(model_dir, objective="orpo", beta=BETA, nll_span="prompt_and_response",
+    module = PreferenceModule(model_dir, loss=ORPOLoss(beta=BETA, nll_span="prompt_and_response"),
                               optimizer=optimizer)
     dm, _ = _our_data(model_dir, n_pairs, max_length, module.tokenizer)
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ from typing import Any
 
 from oyster_exp.models.resolve import model_source
 
-_LOCAL: dict[tuple[str, str], Any] = {}
+_LOCAL: dict[tuple[str, str, str], Any] = {}   # (checkpoint, dtype, model id): the id labels call-cache keys
 
 
 def local_client(model: Any, max_batch_size: int = 8) -> Any:
@@ -19,7 +19,7 @@ def local_client(model: Any, max_batch_size: int = 8) -> Any:
 
     source = model_source(model)
     path = source.checkpoint_dir()
-    key = (str(path), str(source.dtype))
+    key = (str(path), str(source.dtype), str(source.model_id))
     if key not in _LOCAL:
         _LOCAL[key] = LocalClient(Path(path), model_id=str(source.model_id), dtype=key[1],
                                   max_batch_size=max_batch_size)

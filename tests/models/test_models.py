@@ -82,6 +82,7 @@ def test_local_llm_client_gets_the_built_model_source(compose_cfg) -> None:
     from oyster_exp.llm.factory import clear_local_clients
 
     cfg = compose_cfg("model=tiny_random")
+    clear_local_clients()      # a client an earlier test left on the same weights under another id must not answer
     try:
         client = instantiate(cfg.llm.roles.actor.client)
         assert client.model_id == "oyster-exp/tiny-random-qwen2-v1"
