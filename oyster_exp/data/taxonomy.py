@@ -352,3 +352,15 @@ def taxonomy_for(cfg: Any) -> Taxonomy:
         return _from_xlsx(str(Path(str(path)).expanduser()))
     except TaxonomyError as e:   # the CLI prints a DataError as one line (exit 2): say which key pointed there
         raise TaxonomyError(f"risk.taxonomy_path: {e}") from None
+
+
+def taxonomy_inputs(cfg: Any) -> dict[str, str]:
+    """The user's workbook by content (`risk.taxonomy_path`), for the cache key of every stage that reads the
+    taxonomy: the path alone would let an edited workbook come back as a stale hit."""
+    from oyster_exp.core.hashing import file_hash
+
+    path = cfg.risk.get("taxonomy_path")
+    if not path:
+        return {}
+    p = Path(str(path)).expanduser()
+    return {"taxonomy_workbook": file_hash(p) if p.is_file() else "missing"}

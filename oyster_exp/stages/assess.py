@@ -18,7 +18,7 @@ from oyster_exp.csa.prompts import render, template_chars
 from oyster_exp.csa.records import AssessmentRecord, QueryRecord, transient_failure
 from oyster_exp.csa.replies import NO_RISK
 from oyster_exp.csa.stackelberg import FOLLOWER_TYPES
-from oyster_exp.data.taxonomy import TAXONOMY_ASSET, Taxonomy, taxonomy_for
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET, Taxonomy, taxonomy_for, taxonomy_inputs
 from oyster_exp.llm.base import ChatMessage
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
@@ -58,6 +58,9 @@ class AssessStage(Stage):
         if not instantiate(cfg.risk, _convert_="all").asks_anything:
             return []
         return [CallEstimate("safety_judge", work.train, work.query_chars + template_chars("assess"))]
+
+    def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
+        return taxonomy_inputs(ctx.cfg)
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         tax = taxonomy_for(ctx.cfg)

@@ -20,7 +20,7 @@ from oyster_exp.core.errors import DataError, StageError
 from oyster_exp.core.estimates import CHARS_PER_TOKEN, CallEstimate, Workload
 from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import EvalRecord
-from oyster_exp.data.taxonomy import TAXONOMY_ASSET, taxonomy_for
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET, taxonomy_for, taxonomy_inputs
 from oyster_exp.evaluation.benchmarks import configured
 from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, ModelRun
 from oyster_exp.evaluation.benchmarks.over_refusal import PROBES_ASSET
@@ -123,7 +123,7 @@ class EvaluateStage(Stage):
             for f in files:
                 out[f"{key}:{f.name}"] = "missing" if key in missing else file_hash(f)
             out.update({f"{key}:{k}": file_hash(f) for k, f in bench.cache_files().items()})
-        return out
+        return {**out, **taxonomy_inputs(ctx.cfg)}
 
     def _weights(self, ctx: RunContext, name: str, train_records: list[Any]) -> tuple[Path, str] | None:
         """(checkpoint dir, model id) of `name` on disk: the model group's, or the train stage's output."""

@@ -19,7 +19,7 @@ from oyster_exp.csa.prompts import template_chars
 from oyster_exp.csa.records import OptimizeRecord, transient_failure
 from oyster_exp.csa.stackelberg import LeaderRule, normalise_posterior
 from oyster_exp.csa.strategies import StrategySimilarity
-from oyster_exp.data.taxonomy import TAXONOMY_ASSET, taxonomy_for
+from oyster_exp.data.taxonomy import TAXONOMY_ASSET, taxonomy_for, taxonomy_inputs
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
 
@@ -95,6 +95,9 @@ class OptimizeStage(Stage):
             out += [CallEstimate("editor", n * epochs, edit_chars),
                     CallEstimate("actor", n * k * epochs, q + chain + template_chars("recombine"))]
         return out
+
+    def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
+        return taxonomy_inputs(ctx.cfg)
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         s = settings_from(ctx.cfg)

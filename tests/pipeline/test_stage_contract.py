@@ -168,3 +168,30 @@ def test_editing_a_prompt_recomputes_exactly_the_stages_that_render_it(tmp_path:
     assert run() == {"queries": "hit", "generate": "hit", "assess": "hit", "extract": "hit"}
     (prompts / "en" / "assess.j2").write_text((prompts / "en" / "assess.j2").read_text() + "\nBe brief.\n")
     assert run() == {"queries": "hit", "generate": "hit", "assess": "miss", "extract": "hit"}
+
+
+def test_every_stage_that_reads_the_taxonomy_keys_the_users_workbook_by_content(compose_cfg, tmp_path: Path) -> None:
+    """`risk.taxonomy_path` by path alone would let an edited workbook come back as a stale cache hit."""
+    from oyster_exp.stages.assess import AssessStage
+    from oyster_exp.stages.evaluate import EvaluateStage
+    from oyster_exp.stages.optimize import OptimizeStage
+
+    workbook = tmp_path / "mine.xlsx"
+    shutil.copy(Path(__file__).resolve().parents[3] / "shared" / "data" / "oyster" / "risk_taxonomy.xlsx", workbook)
+    ctx = RunContext(cfg=compose_cfg("model=tiny_random", "debug=fast", f"risk.taxonomy_path={workbook}",
+                                     "eval.on_missing_data=skip"),
+                     run_dir=tmp_path / "run", cache_root=tmp_path / "cache")
+    stages = (AssessStage(), OptimizeStage(), EvaluateStage())
+
+    def inputs() -> list[str]:
+        out = []
+        for stage in stages:
+            with ctx.stage_scope(stage):
+                out.append(stage.extra_inputs(ctx)["taxonomy_workbook"])
+        return out
+
+    before = inputs()
+    with open(workbook, "ab") as f:
+        f.write(b"\0")                                   # same path, other content
+    after = inputs()
+    assert all(a != b for a, b in zip(before, after)) and len(set(after)) == 1
