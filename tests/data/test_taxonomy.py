@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import DATA, needs_shared_data
 
 from oyster_exp.data.seed import load_query_file, load_seed_queries
 from oyster_exp.data.taxonomy import (
@@ -18,8 +19,8 @@ from oyster_exp.data.taxonomy import (
     split_rules,
 )
 
-WORKBOOK = Path(__file__).resolve().parents[3] / "shared" / "data" / "oyster" / "risk_taxonomy.xlsx"
-needs_workbook = pytest.mark.skipif(not WORKBOOK.exists(), reason=f"{WORKBOOK} not available")
+WORKBOOK = DATA / "oyster" / "risk_taxonomy.xlsx"
+needs_workbook = needs_shared_data(WORKBOOK, what="the authors' taxonomy workbook")
 HEADER = ["风险分级", "风险类别cn", "风险类别en", "对外风险规则cn", "对外风险规则en"]
 PUBLISHED = ["Cult", "Illicit Uses", "Biodiversity Protection", "Religious Superstition", "Cybersecurity",
              "Commercial Law Violations", "Intellectual Property", "Violation of Personal Rights", "Harmful Scenes",
