@@ -164,6 +164,16 @@ def judged_entries(rec: OptimizeRecord) -> list[TraceEntry] | Skip:
     return judged
 
 
+def judged_initial(rec: OptimizeRecord) -> TraceEntry | Skip:
+    """The initial response, when it and at least one other entry were judged (the against-initial policies)."""
+    judged = judged_entries(rec)
+    if isinstance(judged, Skip):
+        return judged
+    if not usable(rec.trace[0]):
+        return Skip("too_few_judged", "the initial response was not judged")
+    return rec.trace[0]
+
+
 def select_pairs(rec: OptimizeRecord, policy: PairPolicy, seed: int = 0) -> list[Choice] | Skip:
     """The pairs of one query under `policy`, or why there is none."""
     return policy.select(rec, seed)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from oyster_exp.config.components import register_component
-from oyster_exp.csa.pairs import Choice, PairPolicy, Skip, judged_entries, usable
+from oyster_exp.csa.pairs import Choice, PairPolicy, Skip, judged_initial, usable
 from oyster_exp.csa.records import OptimizeRecord, TraceEntry
 
 
@@ -19,12 +19,9 @@ class AllImproving(PairPolicy):
     name: ClassVar[str] = "all_improving"
 
     def choose(self, rec: OptimizeRecord, best: TraceEntry, seed: int) -> list[Choice] | Skip:
-        judged = judged_entries(rec)
-        if isinstance(judged, Skip):
-            return judged
-        initial = rec.trace[0]
-        if not usable(initial):
-            return Skip("too_few_judged", "the initial response was not judged")
+        initial = judged_initial(rec)
+        if isinstance(initial, Skip):
+            return initial
         choices: list[Choice] = []
         first_skip: Skip | None = None
         for k, e in enumerate(rec.trace[1:], start=1):
