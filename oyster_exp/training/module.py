@@ -76,9 +76,10 @@ class PreferenceModule(L.LightningModule):
     """Unpadded layout: run the prompt chosen and rejected share once (see `forward`); False runs each
     sequence whole, the reference the shared path is tested against."""
 
-    def _output_head(self) -> torch.nn.Linear | None:
-        """The LM head for the chunked path, checked once per model (None: use full logits)."""
-        cached = getattr(self, "_head_cache", None)  # a tuple, so nn.Module does not register the head twice
+    def scoring_head(self, recheck: bool = False) -> torch.nn.Linear | None:
+        """The LM head for the chunked path, checked once per model (None: use full logits). `recheck`
+        forgets the last check, e.g. after a forward hook changed what the model does with its logits."""
+        cached = None if recheck else getattr(self, "_head_cache", None)  # a tuple: nn.Module does not register it
         if cached is None or cached[0] is not self.model:
             self._head_cache = cached = (self.model, output_head(self.model))
         return cached[1]
@@ -98,7 +99,7 @@ class PreferenceModule(L.LightningModule):
         only the scored positions through the LM head; models whose logits are not a plain linear head
         of the last hidden state take `compute_from_logits`, the same maths on full logits.
         """
-        head = self._output_head()
+        head = self.scoring_head()
         if head is None:
             return self.compute_from_logits(batch)
         n = batch["chosen_input_ids"].size(0)

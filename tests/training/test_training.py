@@ -365,7 +365,7 @@ def test_scored_token_path_equals_the_full_logits_path(tiny_model_dir: Path, tok
     module = PreferenceModule(str(tiny_model_dir), loss=LOSSES[objective](nll_span=NllSpan(nll_span)))
     batch = _uneven_batch(tokenizer)
     assert batch["chosen_input_ids"].shape[1] != batch["rejected_input_ids"].shape[1]  # each side its own width
-    assert module._output_head() is module.model.lm_head
+    assert module.scoring_head() is module.model.lm_head
     assert set(module.state_dict()) == {f"model.{k}" for k in module.model.state_dict()}  # the cache adds no weights
     ref_loss, ref_metrics, ref_grads = _loss_metrics_grads(module, module.compute_from_logits, batch)
     for layout, share in (("unpadded", True), ("unpadded", False), ("padded", False)):
@@ -434,7 +434,7 @@ def test_chosen_and_rejected_run_their_shared_prompt_once(tiny_model_dir: Path, 
     prefixes = [common_prefix_length(batch["chosen_input_ids"][i, :lengths[i]],
                                      batch["rejected_input_ids"][i, :lengths[3 + i]]) for i in range(3)]
     assert all(p >= 8 for p in prefixes), prefixes
-    assert module._output_head() is not None  # its one-off check calls the decoder too
+    assert module.scoring_head() is not None  # its one-off check calls the decoder too
     seen: list[int] = []
     hook = module.model.get_decoder().register_forward_hook(
         lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
@@ -460,17 +460,15 @@ def test_a_head_that_is_not_a_plain_linear_falls_back_to_full_logits(tiny_model_
         biased.weight.copy_(old.weight)
         biased.bias.fill_(0.5)
     module.model.lm_head = biased
-    assert module._output_head() is None
+    assert module.scoring_head() is None
     batch = _uneven_batch(tokenizer)
     assert float(module.compute(batch)[0]) == pytest.approx(float(module.compute_from_logits(batch)[0]), rel=1e-6)
     # a plain linear head whose logits the model then rescales (soft-capping, logit scaling) fails the check
     module.model.lm_head = old
     hook = module.model.register_forward_hook(lambda mod, args, out: setattr(out, "logits", out.logits * 0.5))
-    module._head_cache = None  # the check runs once per model object; force it again
-    assert module._output_head() is None
+    assert module.scoring_head(recheck=True) is None     # the check runs once per model object unless asked
     hook.remove()
-    module._head_cache = None
-    assert module._output_head() is old
+    assert module.scoring_head(recheck=True) is old
 
 
 def test_scored_token_logps_rejects_left_padding(tiny_model_dir: Path) -> None:
