@@ -86,6 +86,19 @@ class LLMService:
         self.seed = seed
         self.stage = "-"
         self.usage = Usage()
+        # the configured roles the running stage declared (`llm.roles.<role>`); None: any. Set by the
+        # pipeline's RunContext; roles bound at run time (the model under test) are the stage's own.
+        self.declared_roles: frozenset[str] | None = None
+        self.configured_roles: frozenset[str] = frozenset(roles)
+
+    def _check_role(self, role: str) -> None:
+        """A configured role's settings decide the stage's output, so calling one the stage did not declare
+        would let a change of that role reuse a stale cache entry."""
+        from oyster_exp.core.contract import ContractError
+
+        if self.declared_roles is not None and role in self.configured_roles and role not in self.declared_roles:
+            raise ContractError(f"stage {self.stage!r} calls LLM role {role!r}, which it does not declare "
+                                f"(add llm.roles.{role} to the stage's config_keys)")
 
     def _request(self, role: str, messages: list[ChatMessage], schema: dict[str, Any] | None, attempt: int,
                  max_tokens: int | None, seed_offset: int = 0, temperature: float | None = None) -> ChatRequest:
@@ -186,6 +199,7 @@ class LLMService:
              seed_offsets: list[int] | None = None,
              temperatures: list[float | None] | None = None) -> list[Outcome[Any]]:
         """Free-text replies; `seed_offsets`/`temperatures` (per conversation) make sampled alternatives."""
+        self._check_role(role)
         def parse(reply: ChatResponse) -> Outcome[Any]:
             if not reply.content.strip():
                 return Outcome(failure="empty reply")
@@ -195,6 +209,7 @@ class LLMService:
         return self._attempts(role, conversations, None, parse, max_tokens, seed_offsets, temperatures)
 
     def structured(self, role: str, conversations: list[list[ChatMessage]], schema: type[T]) -> list[Outcome[T]]:
+        self._check_role(role)
         self.usage.add(self.stage, role, "structured_requests", len(conversations))
 
         def parse(reply: ChatResponse) -> Outcome[T]:

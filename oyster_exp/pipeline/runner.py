@@ -128,6 +128,7 @@ class RunContext:
     input_hashes: dict[str, str] = field(default_factory=dict)
     current_stage: str = "-"
     full_cfg: DictConfig = field(init=False)
+    _declared_roles: frozenset[str] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.full_cfg = self.cfg
@@ -135,15 +136,18 @@ class RunContext:
     @contextlib.contextmanager
     def stage_scope(self, stage: Stage) -> Iterator[None]:
         """Within: `cfg` is the stage's view, and templates and assets are checked against its declarations."""
-        view = config_view(self.full_cfg, stage.visible_keys(self.full_cfg))
+        keys = stage.visible_keys(self.full_cfg)
+        view = config_view(self.full_cfg, keys)
         with active_stage(stage.name, stage.templates, stage.assets):
             self.cfg = view
+            self._declared_roles = declared_roles(keys)
             try:
                 yield
             except UndeclaredConfigKey as e:       # OmegaConf appends "full_key: ..." lines: keep the one line
                 raise ContractError(str(e).splitlines()[0]) from None
             finally:
                 self.cfg = self.full_cfg
+                self._declared_roles = None
 
     @property
     def service(self) -> LLMService:
@@ -153,6 +157,7 @@ class RunContext:
 
             self._service = build_service(self.full_cfg, self.cache_root)
         self._service.stage = self.current_stage
+        self._service.declared_roles = self._declared_roles
         return self._service
 
     @service.setter
@@ -217,6 +222,14 @@ class Stage:
     def summarize(self, ctx: RunContext, records: list[Any]) -> dict[str, Any] | None:
         """Statistics of the stage's records for `manifest.json` (computed on cache hits too)."""
         return None
+
+
+def declared_roles(keys: tuple[str, ...]) -> frozenset[str] | None:
+    """The LLM roles a stage may call, from its declared keys: `llm.roles.<role>` each, or None (any) when it
+    declares all of `llm.roles` (or `llm`)."""
+    if any(k in ("llm", "llm.roles") for k in keys):
+        return None
+    return frozenset(k.split(".")[2] for k in keys if k.startswith("llm.roles.") and len(k.split(".")) > 2)
 
 
 def _selected(cfg: DictConfig, names: list[str]) -> set[str]:

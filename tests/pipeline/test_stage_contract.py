@@ -195,3 +195,31 @@ def test_every_stage_that_reads_the_taxonomy_keys_the_users_workbook_by_content(
         f.write(b"\0")                                   # same path, other content
     after = inputs()
     assert all(a != b for a, b in zip(before, after)) and len(set(after)) == 1
+
+
+def test_a_stage_calling_an_undeclared_llm_role_stops_the_run(compose_cfg, tmp_path: Path) -> None:
+    """A role's settings decide the replies, so calling `editor` while declaring only `llm.roles.actor` fails."""
+    from oyster_exp.llm.base import ChatResponse
+    from oyster_exp.llm.service import LLMService, RoleBinding
+
+    calls: list[str] = []
+
+    class Echo:
+        backend, model_id = "echo", "echo"
+
+        def chat_batch(self, requests):
+            calls.extend("x" for _ in requests)
+            return [ChatResponse(content="ok") for _ in requests]
+
+    def service() -> LLMService:
+        return LLMService({r: RoleBinding(client=Echo()) for r in ("actor", "editor")})  # type: ignore[arg-type]
+
+    ctx = _ctx(compose_cfg, tmp_path)
+    ctx.service = service()
+    with pytest.raises(ContractError, match="stage 'probe' calls LLM role 'editor', which it does not declare"):
+        run_pipeline(ctx, [_probe(lambda c: c.service.text("editor", [[]]), config_keys=("llm.roles.actor",))])
+    assert calls == []                                   # stopped before any request
+    ctx = _ctx(compose_cfg, tmp_path / "all")           # declaring the whole `llm.roles` allows every role
+    ctx.service = service()
+    run_pipeline(ctx, [_probe(lambda c: c.service.text("editor", [[]])[0].text, config_keys=("llm.roles",))])
+    assert calls == ["x"] and ctx.outputs["probe"][0].text == "ok"
