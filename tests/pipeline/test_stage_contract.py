@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel
+from shared_data import DATA
 
 from oyster_exp.core.contract import ContractError, active_stage, package_file
 from oyster_exp.csa.prompts import PROMPTS_DIR_ENV, prompt_dir, render
@@ -177,7 +178,7 @@ def test_every_stage_that_reads_the_taxonomy_keys_the_users_workbook_by_content(
     from oyster_exp.stages.optimize import OptimizeStage
 
     workbook = tmp_path / "mine.xlsx"
-    shutil.copy(Path(__file__).resolve().parents[3] / "shared" / "data" / "oyster" / "risk_taxonomy.xlsx", workbook)
+    shutil.copy(DATA / "oyster" / "risk_taxonomy.xlsx", workbook)   # the shared data (OYSTER_EXP_DATA)
     ctx = RunContext(cfg=compose_cfg("model=tiny_random", "debug=fast", f"risk.taxonomy_path={workbook}",
                                      "eval.on_missing_data=skip"),
                      run_dir=tmp_path / "run", cache_root=tmp_path / "cache")
