@@ -49,6 +49,15 @@ LM_HEAD_CHUNK = 256
 """Rows per LM-head chunk: 256 rows x a 49k vocab is 50 MB of float32 logits at a time."""
 
 
+def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the LM-head matmul runs in: the autocast dtype when autocast is on for this device (what
+    `hidden @ weight.T` would use there), else the promotion of the two inputs' dtypes."""
+    device = hidden.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
 class _LinearTokenLogps(torch.autograd.Function):
     """`log_softmax(hidden @ weight.T)[row, target]` in row chunks, recomputing the logits in backward.
 
@@ -56,40 +65,54 @@ class _LinearTokenLogps(torch.autograd.Function):
     same memory as the full logits; here only the hidden rows, the weight and one logsumexp per row
     are saved, and backward rebuilds one chunk of logits at a time (one extra LM-head matmul, about
     a fifth of a forward for a 135M model with a 49k vocabulary).
+
+    Precision: backward runs outside any autocast region, so the compute dtype is fixed in forward
+    (`_compute_dtype`) and both passes cast to it explicitly with autocast off. The recomputed logits
+    are then bit-identical to forward's, so `exp(logits - lse)` is exactly the softmax the forward
+    scored; recomputing them in another dtype (fp32 weights under bf16 autocast) made that softmax
+    disagree with the saved log-sum-exp, which on confident tokens, where the true gradient is tiny,
+    is the whole gradient. Log-sum-exp, softmax and the weight gradient's sum over chunks stay in
+    float32; the two gradient matmuls run in the compute dtype, as autograd through autocast does.
     """
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 chunk: int) -> torch.Tensor:
-        acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        compute = _compute_dtype(hidden, weight)
+        acc = torch.promote_types(compute, torch.float32)  # float32, or float64 for float64 inputs
         out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
         lse = torch.empty_like(out)
-        for start in range(0, hidden.shape[0], chunk):
-            stop = start + chunk
-            logits = (hidden[start:stop] @ weight.T).to(acc)
-            lse[start:stop] = torch.logsumexp(logits, dim=-1)
-            out[start:stop] = logits.gather(-1, targets[start:stop, None]).squeeze(-1) - lse[start:stop]
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(compute)
+            for start in range(0, hidden.shape[0], chunk):
+                stop = start + chunk
+                logits = (hidden[start:stop].to(compute) @ w.T).to(acc)
+                lse[start:stop] = torch.logsumexp(logits, dim=-1)
+                out[start:stop] = logits.gather(-1, targets[start:stop, None]).squeeze(-1) - lse[start:stop]
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.compute = chunk, compute
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, targets, lse = ctx.saved_tensors
+        compute, acc = ctx.compute, lse.dtype
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if need_weight else None
-        for start in range(0, hidden.shape[0], ctx.chunk):
-            stop = start + ctx.chunk
-            h, g = hidden[start:stop], grad_out[start:stop].to(lse.dtype)
-            # d logp[target] / d logits = onehot(target) - softmax(logits)
-            grad_logits = torch.exp((h @ weight.T).to(lse.dtype) - lse[start:stop, None]).mul_(-g[:, None])
-            grad_logits.scatter_add_(-1, targets[start:stop, None], g[:, None])
-            grad_logits = grad_logits.to(weight.dtype)
-            if grad_hidden is not None:
-                torch.mm(grad_logits, weight, out=grad_hidden[start:stop])
-            if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T.to(lse.dtype), h.to(lse.dtype))
+        grad_weight = torch.zeros_like(weight, dtype=acc) if need_weight else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(compute)
+            for start in range(0, hidden.shape[0], ctx.chunk):
+                stop = start + ctx.chunk
+                h, g = hidden[start:stop].to(compute), grad_out[start:stop].to(acc)
+                # d logp[target] / d logits = onehot(target) - softmax(logits), from forward's own logits
+                grad_logits = torch.exp((h @ w.T).to(acc) - lse[start:stop, None]).mul_(-g[:, None])
+                grad_logits.scatter_add_(-1, targets[start:stop, None], g[:, None])
+                grad_logits = grad_logits.to(compute)
+                if grad_hidden is not None:
+                    grad_hidden[start:stop] = grad_logits @ w
+                if grad_weight is not None:
+                    grad_weight += (grad_logits.T @ h).to(acc)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None
@@ -100,7 +123,8 @@ def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
     """log p(target) for flat rows `hidden` (n, hidden) under an LM head `weight` (vocab, hidden).
 
     Equals `log_softmax(hidden @ weight.T).gather(targets)` in float32 (float64 for float64 inputs),
-    with gradients for `hidden` and `weight`, but never holds more than `chunk` rows of logits. Pass
+    with gradients for `hidden` and `weight`, but never holds more than `chunk` rows of logits. The
+    matmul runs in the autocast dtype under autocast (any weight dtype), else in the inputs' dtype. Pass
     only the rows that are scored (no prompt rows the loss ignores, no padding): the LM head is the
     largest single matmul of a small model, so rows not computed are time saved as well.
     """
