@@ -58,6 +58,7 @@ class TrainStage(Stage):
         from oyster_exp.training.data import PreferenceDataModule
         from oyster_exp.training.model_setup import LoraSettings
         from oyster_exp.training.module import PreferenceModule
+        from oyster_exp.training.parallelism import sharded_state
         from oyster_exp.training.run import train_and_export
 
         cfg = ctx.cfg
@@ -79,7 +80,7 @@ class TrainStage(Stage):
             model_path=str(model_dir), loss=loss, optimizer=instantiate(tcfg.optimizer),
             scheduler=instantiate(tcfg.scheduler) if tcfg.get("scheduler") is not None else None,
             gradient_checkpointing=bool(tcfg.gradient_checkpointing), dtype=str(cfg.model.dtype),
-            lora=LoraSettings.from_config(cfg.get("peft")),
+            lora=LoraSettings.from_config(cfg.get("peft")), sharded=sharded_state(cfg.trainer.get("strategy"))[0],
         )
         cache_dir = Path(str(cfg.paths.cache_dir)) / "tokenized" if tcfg.tokenization_cache else None
         datamodule = PreferenceDataModule(

@@ -67,6 +67,22 @@ def require_qlora_support() -> None:
         raise QLoRAUnavailableError("QLoRA needs the bitsandbytes package: pip install -e '.[qlora]'")
 
 
+def quantization_kwargs(lora: LoraSettings, sharded: bool = False) -> dict[str, Any]:
+    """`BitsAndBytesConfig` keyword arguments for QLoRA (NF4, double quantisation, matmuls in `compute_dtype`).
+
+    `sharded`: the strategy shards parameters (FSDP, ZeRO-3). FSDP flattens each unit's parameters into
+    one tensor of one dtype, and bitsandbytes packs 4-bit weights into uint8 by default, which cannot be
+    flattened with the unit's bf16 norms and adapters; stored in the compute dtype instead, the packed
+    weights shard with the rest (`bnb_4bit_quant_storage`, the transformers FSDP-QLoRA recipe).
+    """
+    compute = _dtype(lora.compute_dtype)
+    kwargs: dict[str, Any] = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                              "bnb_4bit_compute_dtype": compute}
+    if sharded:
+        kwargs["bnb_4bit_quant_storage"] = compute
+    return kwargs
+
+
 def enable_gradient_checkpointing(model: Any) -> None:
     """Non-reentrant checkpointing: correct with frozen inputs (LoRA) and with DDP's hooks."""
     kwargs = {"use_reentrant": False}
@@ -99,10 +115,12 @@ def apply_lora(model: Any, lora: LoraSettings, gradient_checkpointing: bool = Fa
 
 
 def load_causal_lm(model_path: str | Path, dtype: str | torch.dtype = "float32", lora: LoraSettings | None = None,
-                   gradient_checkpointing: bool = False, disable_dropout: bool = True) -> tuple[Any, Any]:
+                   gradient_checkpointing: bool = False, disable_dropout: bool = True,
+                   sharded: bool = False) -> tuple[Any, Any]:
     """Model (in train mode) and tokenizer from a checkpoint directory; never touches a hub.
 
-    `disable_dropout` zeroes every `nn.Dropout` of the base model (TRL's default: the odds ratio
+    `sharded` says the trainer's strategy shards parameters (see `quantization_kwargs`; only QLoRA
+    loads differently). `disable_dropout` zeroes every `nn.Dropout` of the base model (TRL's default: the odds ratio
     compares two forward passes); the LoRA adapter's own dropout is kept, it is a LoRA knob.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,10 +130,8 @@ def load_causal_lm(model_path: str | Path, dtype: str | torch.dtype = "float32",
         require_qlora_support()
         from transformers import BitsAndBytesConfig
 
-        compute = _dtype(lora.compute_dtype)
-        kwargs = {"dtype": compute, "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute)}
+        kwargs = {"dtype": _dtype(lora.compute_dtype),
+                  "quantization_config": BitsAndBytesConfig(**quantization_kwargs(lora, sharded))}
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if disable_dropout:

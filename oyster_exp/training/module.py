@@ -45,13 +45,14 @@ class PreferenceModule(L.LightningModule):
     factory taking the parameters (a `functools.partial`, e.g. Hydra `_partial_: true`); the default
     is AdamW at lr 5e-5. `scheduler` is a factory taking the optimizer, stepped once per optimisation
     step. Dropout is disabled by default, as TRL does, because the odds ratio compares two noisy
-    forward passes otherwise.
+    forward passes otherwise. `sharded`: the trainer's strategy shards parameters (FSDP, ZeRO-3), which
+    changes how a QLoRA base is stored (`model_setup.quantization_kwargs`).
     """
 
     def __init__(self, model_path: str, loss: TrainingLoss | None = None,
                  optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
                  gradient_checkpointing: bool = False, disable_dropout: bool = True,
-                 lora: LoraSettings | None = None, dtype: str = "float32"):
+                 lora: LoraSettings | None = None, dtype: str = "float32", sharded: bool = False):
         super().__init__()
         self.loss = loss if loss is not None else ORPOLoss()
         self.save_hyperparameters({"model_path": str(model_path), "objective": self.loss.describe(),
@@ -63,7 +64,7 @@ class PreferenceModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, lora=lora,
                                                     gradient_checkpointing=gradient_checkpointing,
-                                                    disable_dropout=disable_dropout)
+                                                    disable_dropout=disable_dropout, sharded=sharded)
 
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits

@@ -28,3 +28,28 @@ def fsdp(layers: list[str], **kwargs: Any) -> Any:
     if kwargs.pop("activation_checkpointing", False):
         kwargs["activation_checkpointing_policy"] = wrap
     return FSDPStrategy(auto_wrap_policy=wrap, **kwargs)
+
+
+def strategy_label(strategy: Any) -> str:
+    """A `trainer.strategy` value as a name: `fsdp` for a `_target_` node such as
+    `oyster_exp.training.parallelism.fsdp`, the Lightning registry name (`deepspeed_stage_2`) as it is."""
+    if hasattr(strategy, "get") and not isinstance(strategy, str):
+        return str(strategy.get("_target_", "auto")).rsplit(".", 1)[-1]
+    return str(strategy if strategy is not None else "auto")
+
+
+def sharded_state(strategy: Any) -> tuple[bool, bool, bool]:
+    """Which of (weights, gradients, optimizer states) a strategy shards over the processes.
+
+    One table for the dry run's memory model and for the model loader (QLoRA under sharding needs a
+    different storage dtype): FSDP and ZeRO-3 shard all three, ZeRO-2 gradients and optimizer state,
+    ZeRO-1 the optimizer state, DDP and single-device runs nothing.
+    """
+    s = strategy_label(strategy).lower()
+    if "fsdp" in s or "stage_3" in s:
+        return True, True, True
+    if "stage_2" in s:
+        return False, True, True
+    if "stage_1" in s:
+        return False, False, True
+    return False, False, False

@@ -6,6 +6,16 @@ import torch
 
 from oyster_exp.training.losses import linear_token_logps
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny model gains nothing from threads; on the shared 2-core box threads only wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 CONFIDENT = 16
 """Rows of the LM-head case whose target the head predicts with p ~ 1 (gradient ~ 1 - p, nearly 0)."""
 
@@ -67,3 +77,79 @@ def test_chunked_lm_head_without_autocast_is_exact_in_float32() -> None:
     out = _grads(lambda h, w: linear_token_logps(h, w, targets, 5), hidden, weight, upstream, autocast=False)
     for mine, theirs in zip(out, ref):                                 # log-probs, hidden and weight gradients
         assert _rel(mine, theirs) < 1e-5
+
+
+# ---------------------------------------------------------------- master weights
+
+def _moved_share(model_dir, dtype: str, precision: str, tmp_path) -> float:
+    """Share of weight elements that 10 AdamW steps at lr 5e-6 change (tiny model, CPU, `precision`)."""
+    import functools
+
+    import lightning as L
+    from transformers import AutoTokenizer
+
+    from oyster_exp.training.data import PreferenceDataModule
+    from oyster_exp.training.module import PreferenceModule
+    from oyster_exp.training.tokenize import PreferenceExample
+
+    L.seed_everything(0, verbose=False)
+    examples = [PreferenceExample(id=f"p{i}", prompt=[{"role": "user", "content": f"question {i} " * 3}],
+                                  chosen=f"safe helpful answer {i}", rejected="unsafe answer " * (1 + i % 2))
+                for i in range(20)]
+    module = PreferenceModule(str(model_dir), dtype=dtype,
+                              optimizer=functools.partial(torch.optim.AdamW, lr=5e-6, weight_decay=0.0))
+    before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+    data = PreferenceDataModule(train=examples, val=[], tokenizer=AutoTokenizer.from_pretrained(model_dir),
+                                max_length=64, batch_size=2, seed=0)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=10, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 10
+    moved = sum(int((p.detach() != before[k]).sum()) for k, p in module.model.named_parameters())
+    return moved / sum(v.numel() for v in before.values())
+
+
+def test_paper_precision_policy_keeps_fp32_master_weights_that_small_updates_move(
+        compose_cfg, tiny_model_dir, tmp_path) -> None:
+    """The paper configs' policy (model.dtype float32 + trainer.precision bf16-mixed: fp32 weights and Adam
+    state, bf16 matmuls) on the tiny model: 10 steps at the paper's lr move nearly every weight. The same
+    steps on bf16 weights move a small share (updates of 5e-6 round away against bf16's 8-bit mantissa)."""
+    for experiment in ("paper_qwen3_14b_orpo", "paper_r1_distill_qwen_14b_orpo"):
+        cfg = compose_cfg(f"experiment={experiment}")
+        assert (cfg.model.dtype, cfg.trainer.precision) == ("float32", "bf16-mixed")
+        assert float(cfg.training.optimizer.lr) == 5e-6
+    paper = _moved_share(tiny_model_dir, str(cfg.model.dtype), str(cfg.trainer.precision), tmp_path / "fp32")
+    bf16 = _moved_share(tiny_model_dir, "bfloat16", "bf16-mixed", tmp_path / "bf16")
+    assert paper > 0.95, paper
+    assert bf16 < 0.5, bf16
+
+
+# ---------------------------------------------------------------- QLoRA under a sharding strategy
+
+@pytest.mark.parametrize(("trainer", "storage"),
+                         [("fsdp", torch.bfloat16), ("gpu", torch.uint8), ("ddp", torch.uint8)])
+def test_qlora_stores_4bit_weights_in_the_compute_dtype_when_the_strategy_shards(compose_cfg, trainer: str,
+                                                                                  storage: torch.dtype) -> None:
+    """The quantisation config the train stage builds (bitsandbytes itself is not needed to build it)."""
+    from transformers import BitsAndBytesConfig
+
+    from oyster_exp.training.model_setup import LoraSettings, quantization_kwargs
+    from oyster_exp.training.parallelism import sharded_state
+
+    cfg = compose_cfg("peft=qlora", f"trainer={trainer}")
+    lora = LoraSettings.from_config(cfg.peft)
+    built = BitsAndBytesConfig(**quantization_kwargs(lora, sharded=sharded_state(cfg.trainer.strategy)[0]))
+    assert built.load_in_4bit and built.bnb_4bit_quant_type == "nf4"
+    assert built.bnb_4bit_compute_dtype == torch.bfloat16
+    assert built.bnb_4bit_quant_storage == storage                     # bitsandbytes' default is uint8
+
+
+def test_sharding_table_names_what_each_strategy_shards() -> None:
+    from omegaconf import OmegaConf
+
+    from oyster_exp.training.parallelism import sharded_state
+
+    assert sharded_state(OmegaConf.create({"_target_": "oyster_exp.training.parallelism.fsdp"})) == (True,) * 3
+    assert sharded_state("deepspeed_stage_2") == (False, True, True)
+    assert sharded_state("ddp") == sharded_state("auto") == sharded_state(None) == (False,) * 3
