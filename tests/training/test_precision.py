@@ -1,4 +1,5 @@
-"""Numerics of the training path: the chunked LM head under autocast, fp32 master weights, QLoRA storage dtype."""
+"""Numerics and scale settings of the training path: the chunked LM head under autocast, fp32 master weights,
+QLoRA storage under sharding, the paper configs' checkpoints, DeepSpeed stage 3."""
 from __future__ import annotations
 
 import pytest
@@ -153,3 +154,25 @@ def test_sharding_table_names_what_each_strategy_shards() -> None:
     assert sharded_state(OmegaConf.create({"_target_": "oyster_exp.training.parallelism.fsdp"})) == (True,) * 3
     assert sharded_state("deepspeed_stage_2") == (False, True, True)
     assert sharded_state("ddp") == sharded_state("auto") == sharded_state(None) == (False,) * 3
+
+
+# ---------------------------------------------------------------- what the paper configs ask of the trainer
+
+@pytest.mark.parametrize("experiment", ["paper_qwen3_14b_orpo", "paper_qwen3_14b_sft",
+                                        "paper_r1_distill_qwen_14b_orpo", "paper_r1_distill_qwen_14b_sft"])
+def test_paper_configs_checkpoint_sharded_fsdp_state(compose_cfg, experiment: str) -> None:
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    cfg = compose_cfg(f"experiment={experiment}")
+    assert cfg.training.checkpoint_every_n_steps > 0
+    strategy = instantiate(cfg.trainer.strategy)                      # the object the Trainer gets
+    assert isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
+
+
+def test_deepspeed_stage_3_is_refused_with_the_alternative(compose_cfg, tmp_path) -> None:
+    from oyster_exp.training.run import TrainerConfigError, build_trainer
+
+    cfg = compose_cfg("trainer=deepspeed", "trainer.strategy=deepspeed_stage_3")
+    with pytest.raises(TrainerConfigError, match=r"deepspeed_stage_3: .*not supported.*trainer=fsdp"):
+        build_trainer(cfg.trainer, accelerator="cpu", logger=False, default_root_dir=str(tmp_path))
