@@ -7,8 +7,14 @@ are resolved to their classes without being constructed (constructing an FSDP Tr
 and the data set is loaded to count queries. Printed: a table and, last, one JSON line.
 
 The estimates are arithmetic on the config (formulas below), not measurements:
-* memory per GPU = (weights + gradients + Adam moments) / shards + activations + logits, where FSDP and
-  ZeRO-3 shard all three over every GPU, ZeRO-2 shards gradients and moments, DDP shards nothing;
+* memory per GPU = (weights + gradients + Adam moments + master copy) / shards + gathered copies + unsharded
+  root + activations + logits. Bytes per parameter follow `model.dtype` and `trainer.precision`
+  (`precision_policy`: fp32 weights under bf16-mixed are 4 + 4 + 8, bf16 weights 2 + 2 + 4, DeepSpeed's
+  16-bit modes 2 + 2 + 8 plus a 4-byte fp32 master); which parts are sharded is
+  `training.parallelism.sharded_state` (FSDP all, ZeRO-2 gradients and moments, DDP none). Under FSDP the
+  root unit (embeddings, final norm, LM head: 1.56B parameters of Qwen3-14B) stays gathered through
+  forward and backward, with its full gradient, in the compute dtype, as do two decoder units at a time;
+  without sharding, autocast holds a 16-bit copy of fp32 weights;
   activations per layer ≈ 34·s·b·h bytes (Korthikanti et al. 2022, 16-bit, flash attention so no s² term),
   b = 2 × training.batch_size for ORPO (chosen and rejected), logits b·s·V·(2 + 4) bytes;
 * LLM calls: each stage states its own (`Stage.estimate`, next to the code that makes the calls, where it
@@ -34,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from oyster_exp.core.estimates import CHARS_PER_TOKEN, CallEstimate, Workload
 from oyster_exp.csa.lingo_bp import lingo_schedule
 from oyster_exp.run.manifest import EVAL_STAGES
+from oyster_exp.training.parallelism import sharded_state, strategy_label
 
 GIB = 1024**3
 GPU_GIB = 80          # the memory of the GPUs the paper configs target (A100/H100 80G)
@@ -41,61 +48,96 @@ GPU_GIB = 80          # the memory of the GPUs the paper configs target (A100/H1
 
 @dataclass
 class MemoryEstimate:
+    """Peak training memory per GPU, one field per kind of tensor (GiB), and the policy it was computed under."""
+
     params: int
+    root_params: int
     gpus: int
     strategy: str
     precision: str
+    weight_dtype: str
+    bytes_per_param: dict[str, int]
     weights_gib: float
     grads_gib: float
     optimizer_gib: float
+    master_gib: float
+    gathered_gib: float
+    root_gib: float
     activations_gib: float
     logits_gib: float
     total_gib: float
 
 
-def _bytes_per_param(precision: str) -> tuple[int, int, int]:
-    """(weights, gradients, optimizer) bytes per parameter for AdamW under a Lightning precision setting."""
-    if precision.startswith(("bf16-mixed", "16-mixed")):
-        return 4, 4, 8        # fp32 master weights and grads (cast to 16 bit for compute), two fp32 moments
-    if precision.startswith(("bf16", "16")):
-        return 2, 2, 4        # everything in 16 bit, moments included
-    return 4, 4, 8
+DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def _sharding(strategy: str) -> tuple[bool, bool, bool]:
-    """Which of (weights, grads, optimizer) are sharded over GPUs."""
-    s = strategy.lower()
-    if "fsdp" in s or "stage_3" in s:
-        return True, True, True
-    if "stage_2" in s:
-        return False, True, True
-    if "stage_1" in s:
-        return False, False, True
-    return False, False, False
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """Bytes per parameter of each kind of training state, from the weight dtype and the precision setting.
+
+    `weights`, `grads`: the stored (master) weights and their gradients, which PyTorch keeps in the
+    weights' dtype; `optimizer`: AdamW's two moments, also in that dtype; `master`: a separate fp32
+    copy, which only DeepSpeed keeps (it casts the model to 16 bit itself); `compute`: one parameter in
+    the compute dtype (FSDP's all-gathered units, autocast's casted weights, activations).
+    """
+
+    weights: int
+    grads: int
+    optimizer: int
+    master: int
+    compute: int
+
+
+def precision_policy(weight_dtype: str, precision: str, strategy: str) -> PrecisionPolicy:
+    """What a run stores per parameter: `model.dtype` is what the weights are loaded in; `*-true`
+    precisions cast them to that precision (Lightning's `convert_module`); `*-mixed` leaves them and
+    computes in 16 bit under autocast (FSDP: gathers and reduces in 16 bit, shards stay as loaded)."""
+    if weight_dtype not in DTYPE_BYTES:
+        raise ValueError(f"model.dtype={weight_dtype!r}: expected one of {sorted(DTYPE_BYTES)}")
+    sixteen = precision.startswith(("bf16", "16"))
+    compute = 2 if sixteen else 4
+    if "deepspeed" in strategy.lower() and sixteen:
+        return PrecisionPolicy(weights=2, grads=2, optimizer=8, master=4, compute=2)
+    stored = 2 if precision.endswith("-true") and sixteen else (
+        4 if precision.startswith("32") else DTYPE_BYTES[weight_dtype])
+    return PrecisionPolicy(weights=stored, grads=stored, optimizer=2 * stored, master=0, compute=compute)
 
 
 def estimate_memory(params: int, arch: dict[str, Any], gpus: int, strategy: str, precision: str, batch_size: int,
-                    seq_len: int, pairs: bool = True) -> MemoryEstimate:
-    """Peak training memory per GPU (GiB) from the formulas in the module docstring."""
-    w, g, o = _bytes_per_param(precision)
-    sw, sg, so = _sharding(strategy)
+                    seq_len: int, pairs: bool = True, weight_dtype: str = "float32",
+                    root_params: int = 0) -> MemoryEstimate:
+    """Peak training memory per GPU (GiB) from the formulas in the module docstring.
+
+    `root_params`: parameters outside the decoder layers (embeddings, final norm, LM head). Under FSDP
+    they form the root unit, which is gathered for the whole forward and backward (FSDP does not
+    reshard the root after forward) and whose full gradient exists before its reduce-scatter; they
+    are counted in the `root` row on top of their shards. Gathered decoder units: the running one
+    and the prefetched next one, in the compute dtype.
+    """
+    pol = precision_policy(weight_dtype, precision, strategy)
+    sw, sg, so = sharded_state(strategy)
     n = max(1, gpus)
-    weights = params * w / (n if sw else 1)
-    grads = params * g / (n if sg else 1)
-    optim = params * o / (n if so else 1)
+    weights = params * pol.weights / (n if sw else 1)
+    grads = params * pol.grads / (n if sg else 1)
+    optim = params * pol.optimizer / (n if so else 1)
+    master = params * pol.master / (n if so else 1)
     b = batch_size * (2 if pairs else 1)
     h, layers = int(arch.get("hidden_size", 0)), int(arch.get("num_hidden_layers", 0))
-    act_bytes = 2 if "16" in precision else 4
-    activations = 34 * seq_len * b * h * layers * act_bytes / 2
-    logits = b * seq_len * int(arch.get("vocab_size", 0)) * (act_bytes + 4)
-    if sw:   # FSDP gathers one layer's full 16-bit weights at a time
-        weights += params / max(1, layers) * act_bytes
-    parts = [x / GIB for x in (weights, grads, optim, activations, logits)]
-    return MemoryEstimate(params=params, gpus=n, strategy=strategy, precision=precision,
-                          weights_gib=round(parts[0], 2), grads_gib=round(parts[1], 2),
-                          optimizer_gib=round(parts[2], 2),
-                          activations_gib=round(parts[3], 2), logits_gib=round(parts[4], 2),
-                          total_gib=round(sum(parts), 2))
+    act = pol.compute
+    activations = 34 * seq_len * b * h * layers * act / 2
+    logits = b * seq_len * int(arch.get("vocab_size", 0)) * (act + 4)
+    if sw:
+        gathered = 2 * (params - root_params) / max(1, layers) * pol.compute
+        root = root_params * (pol.compute + pol.compute)      # gathered weights + unsharded gradient
+    else:   # autocast keeps a 16-bit copy of every weight it casts, until the forward ends
+        gathered = params * pol.compute if pol.compute < pol.weights else 0
+        root = 0
+    parts = [x / GIB for x in (weights, grads, optim, master, gathered, root, activations, logits)]
+    r = [round(x, 2) for x in parts]
+    return MemoryEstimate(params=params, root_params=root_params, gpus=n, strategy=strategy, precision=precision,
+                          weight_dtype=weight_dtype, bytes_per_param=asdict(pol),
+                          weights_gib=r[0], grads_gib=r[1], optimizer_gib=r[2], master_gib=r[3], gathered_gib=r[4],
+                          root_gib=r[5], activations_gib=r[6], logits_gib=r[7], total_gib=round(sum(parts), 2))
 
 
 def _tokens(text_chars: float) -> int:
@@ -173,8 +215,9 @@ def _architecture(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     return json.loads(path.read_text()), str(path)
 
 
-def build_on_meta(cfg: DictConfig) -> tuple[int, dict[str, Any], list[str]]:
-    """Model and optimizer on the meta device; Trainer, loggers, LLM clients resolved, not constructed."""
+def build_on_meta(cfg: DictConfig) -> tuple[int, int, dict[str, Any], list[str]]:
+    """Model and optimizer on the meta device; Trainer, loggers, LLM clients resolved, not constructed.
+    Returns (parameters, parameters outside the decoder layers, architecture, what was built)."""
     import torch
     from hydra.utils import get_class, get_method
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -187,6 +230,7 @@ def build_on_meta(cfg: DictConfig) -> tuple[int, dict[str, Any], list[str]]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in model.parameters())
+    root = root_parameters(model, int(getattr(config, "num_hidden_layers", 0) or 0))
     built.append(f"model {type(model).__name__} on {next(model.parameters()).device} from {source}")
     optimizer = instantiate(cfg.training.optimizer)(model.parameters())
     built.append(f"optimizer {type(optimizer).__name__} over {params:,} meta parameters")
@@ -206,15 +250,22 @@ def build_on_meta(cfg: DictConfig) -> tuple[int, dict[str, Any], list[str]]:
     loss = instantiate(cfg.objective)
     built.append(f"loss {loss.describe()}: {type(loss).__module__}.{type(loss).__qualname__}")
     del model, optimizer
-    return params, arch, built
+    return params, root, arch, built
 
 
 def strategy_name(trainer: DictConfig) -> str:
     """`fsdp` for both `strategy: fsdp` and a `_target_` node such as `oyster_exp.training.parallelism.fsdp`."""
-    strategy = trainer.get("strategy", "auto")
-    if isinstance(strategy, DictConfig):
-        return str(strategy.get("_target_", "auto")).rsplit(".", 1)[-1]
-    return str(strategy)
+    return strategy_label(trainer.get("strategy", "auto"))
+
+
+def root_parameters(model: Any, layers: int) -> int:
+    """Parameters outside the decoder layers (embeddings, final norm, LM head): everything but the
+    module list of `layers` blocks, which FSDP wraps one unit per block."""
+    import torch
+
+    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers]
+    inside = sum(p.numel() for p in blocks[0].parameters()) if blocks else 0
+    return sum(p.numel() for p in model.parameters()) - inside
 
 
 def _gpus(trainer: DictConfig) -> int:
@@ -228,12 +279,13 @@ def estimate(cfg: DictConfig) -> dict[str, Any]:
 
     from oyster_exp.models.resolve import model_source
 
-    params, arch, built = build_on_meta(cfg)
+    params, root, arch, built = build_on_meta(cfg)
     trainer = cfg.trainer
     precision = str(trainer.get("precision", "32-true"))
     mem = estimate_memory(params, arch, _gpus(trainer), strategy_name(trainer), precision,
                           int(cfg.training.batch_size), int(cfg.training.max_length),
-                          pairs=instantiate(cfg.objective).uses_rejected)
+                          pairs=instantiate(cfg.objective).uses_rejected, weight_dtype=str(cfg.model.dtype),
+                          root_params=root)
     work = workload(cfg)
     llm = estimate_llm(cfg, work)
     n_train, n_heldout = work.train, work.heldout
@@ -254,13 +306,21 @@ def render(est: dict[str, Any]) -> str:
         console.print(f"  built: {line}")
     m = est["memory_per_gpu"]
     # titles go on their own line: a table title wraps to the table's width and splits the phrase
-    console.print(f"memory per GPU: {m['params'] / 1e9:.2f}B params, {m['strategy']} over {m['gpus']} GPU(s), "
-                  f"{m['precision']}")
+    console.print(f"memory per GPU: {m['params'] / 1e9:.2f}B params ({m['root_params'] / 1e9:.2f}B outside the "
+                  f"decoder layers), {m['strategy']} over {m['gpus']} GPU(s), weights {m['weight_dtype']}, "
+                  f"{m['precision']}", soft_wrap=True)
+    per = m["bytes_per_param"]
     t = Table()
-    for col in ("weights", "grads", "Adam", "activations", "logits", "total"):
-        t.add_column(col + " (GiB)", justify="right")
-    t.add_row(*(f"{m[k]:.2f}" for k in ("weights_gib", "grads_gib", "optimizer_gib", "activations_gib", "logits_gib",
-                                        "total_gib")))
+    for col in ("part", "bytes/param", "GiB"):
+        t.add_column(col, justify="left" if col == "part" else "right")
+    rows = [("weights", per["weights"], "weights_gib"), ("gradients", per["grads"], "grads_gib"),
+            ("optimizer (2 Adam moments)", per["optimizer"], "optimizer_gib"),
+            ("fp32 master copy", per["master"], "master_gib"),
+            ("gathered units / 16-bit copies", per["compute"], "gathered_gib"),
+            ("unsharded root (embeddings, head)", 2 * per["compute"], "root_gib"),
+            ("activations", None, "activations_gib"), ("logits", None, "logits_gib"), ("total", None, "total_gib")]
+    for label, nbytes, key in rows:
+        t.add_row(label, "" if nbytes is None else str(nbytes), f"{m[key]:.2f}")
     console.print(t)
     if m["total_gib"] > GPU_GIB:
         console.print(f"  WARNING: {m['total_gib']:.1f} GiB per GPU exceeds {GPU_GIB} GiB (A100/H100-80G): lower "

@@ -47,7 +47,10 @@ def test_paper_config_dry_runs_and_prints_estimates(experiment: str, dry_runs: d
     assert 14.6e9 < mem["params"] < 15.0e9
     assert mem["gpus"] == 8 and mem["strategy"] == "fsdp" and mem["precision"] == "bf16-mixed"
     # FSDP shards fp32 weights, grads and both Adam moments (16 bytes/param) over 8 GPUs
+    assert mem["weight_dtype"] == "float32" and mem["bytes_per_param"]["weights"] == 4
     assert abs(mem["weights_gib"] + mem["grads_gib"] + mem["optimizer_gib"] - 16 * mem["params"] / 8 / 2**30) < 1.0
+    assert 1.5e9 < mem["root_params"] < 1.6e9 and mem["root_gib"] > 5     # embeddings + LM head, gathered
+    assert "weights float32, bf16-mixed" in text and "unsharded root" in text
     assert mem["fits_80gib"] and mem["activations_gib"] > 0
     llm = est["llm"]
     assert llm["optimize_calls_per_query"] == 14 and llm["calls_per_train_query"] == 18
@@ -72,10 +75,46 @@ def test_memory_estimate_follows_the_sharding_rules() -> None:
     zero2 = estimate_memory(10**9, arch, 8, "deepspeed_stage_2", "bf16-mixed", 1, 1024)
     assert ddp.optimizer_gib == pytest.approx(8e9 / 2**30, abs=0.01)        # two fp32 moments, replicated
     assert fsdp.optimizer_gib == pytest.approx(ddp.optimizer_gib / 8, abs=0.01)
-    assert zero2.weights_gib == ddp.weights_gib and zero2.grads_gib == fsdp.grads_gib
+    assert zero2.optimizer_gib == fsdp.optimizer_gib and zero2.master_gib == pytest.approx(4e9 / 8 / 2**30, abs=0.01)
+    assert zero2.weights_gib == pytest.approx(2e9 / 2**30, abs=0.01)       # DeepSpeed casts the model to bf16
     assert ddp.activations_gib == fsdp.activations_gib                      # activations are per GPU anyway
     longer = estimate_memory(10**9, arch, 8, "fsdp", "bf16-mixed", 1, 2048)
     assert longer.activations_gib == pytest.approx(2 * fsdp.activations_gib, rel=0.01)
+    bf16 = estimate_memory(10**9, arch, 8, "fsdp", "bf16-mixed", 1, 1024, weight_dtype="bfloat16")
+    assert bf16.weights_gib + bf16.grads_gib + bf16.optimizer_gib == pytest.approx(8e9 / 8 / 2**30, abs=0.02)
+    true16 = estimate_memory(10**9, arch, 8, "fsdp", "bf16-true", 1, 1024, weight_dtype="float32")
+    assert true16.bytes_per_param == bf16.bytes_per_param                 # bf16-true casts the weights
+
+
+GB = 2**30
+
+
+def test_memory_estimate_arithmetic_by_hand_for_two_configs() -> None:
+    """Every row recomputed here from the formulas, for the paper's policy and for a bf16 single GPU."""
+    from oyster_exp.run.dry_run import estimate_memory
+
+    # Qwen3-14B shape, FSDP over 8 GPUs, fp32 weights + bf16-mixed, ORPO batch 1 (2 sequences) at 2048 tokens
+    arch = {"hidden_size": 5120, "num_hidden_layers": 40, "vocab_size": 151936}
+    p, root = 14_768_307_200, 1_555_824_640
+    m = estimate_memory(p, arch, 8, "fsdp", "bf16-mixed", 1, 2048, weight_dtype="float32", root_params=root)
+    assert m.bytes_per_param == {"weights": 4, "grads": 4, "optimizer": 8, "master": 0, "compute": 2}
+    assert m.weights_gib == m.grads_gib == round(p * 4 / 8 / GB, 2) == 6.88
+    assert m.optimizer_gib == round(p * 8 / 8 / GB, 2) == 13.75 and m.master_gib == 0
+    assert m.gathered_gib == round(2 * (p - root) / 40 * 2 / GB, 2) == 1.23     # this unit + the prefetched one
+    assert m.root_gib == round(root * (2 + 2) / GB, 2) == 5.80                  # bf16 weights + bf16 gradient
+    assert m.activations_gib == round(34 * 2048 * 2 * 5120 * 40 * 2 / 2 / GB, 2) == 26.56
+    assert m.logits_gib == round(2 * 2048 * 151936 * (2 + 4) / GB, 2) == 3.48
+    assert m.total_gib == pytest.approx(6.88 * 2 + 13.75 + 1.23 + 5.80 + 26.56 + 3.48, abs=0.02)
+
+    # a 1B model in bf16 on one GPU under bf16-mixed, SFT batch 4 at 512 tokens: nothing sharded, no copies
+    arch = {"hidden_size": 2048, "num_hidden_layers": 16, "vocab_size": 32000}
+    s = estimate_memory(10**9, arch, 1, "auto", "bf16-mixed", 4, 512, pairs=False, weight_dtype="bfloat16",
+                        root_params=10**8)
+    assert (s.weights_gib, s.grads_gib, s.optimizer_gib) == (round(2e9 / GB, 2), round(2e9 / GB, 2),
+                                                             round(4e9 / GB, 2)) == (1.86, 1.86, 3.73)
+    assert s.master_gib == s.gathered_gib == s.root_gib == 0                 # root counted in the weights already
+    assert s.activations_gib == round(34 * 512 * 4 * 2048 * 16 * 2 / 2 / GB, 2) == 2.12
+    assert s.logits_gib == round(4 * 512 * 32000 * 6 / GB, 2) == 0.37
 
 
 def test_llm_estimate_scales_with_the_schedule(compose_cfg) -> None:
