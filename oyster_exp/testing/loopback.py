@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +57,8 @@ class ServerState:
     keep_bodies: bool = True
     api_key: str | None = None      # native route: a request without `Bearer <api_key>` gets 401
     root: str = ""                  # http://127.0.0.1:<port>, set by `serve`
+    # A scripted world: OpenAI request body -> reply content (replaces the schema filler on that route)
+    responder: Callable[[dict[str, Any]], str] | None = None
 
     @property
     def dashscope_url(self) -> str:
@@ -147,7 +149,7 @@ def _respond(state: ServerState, body: dict[str, Any], n: int) -> tuple[int, byt
         return 200, b'{"choices": []}', {}, 0.0
     if kind == "drop":
         return -1, b"", {}, 0.0
-    content = reply_for(body)
+    content = state.responder(body) if state.responder else reply_for(body)
     thinking = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
     payload = {"id": f"cmpl-{n}", "object": "chat.completion", "model": body.get("model"),
                "choices": [{"index": 0, "finish_reason": "stop",
@@ -277,17 +279,18 @@ def make_app(state: ServerState) -> Any:
 
 @contextmanager
 def serve(latency_s: float = 0.0, faults: Faults | None = None, seed: int = 0, keep_bodies: bool = True,
-          api_key: str | None = None, port: int = 0) -> Iterator[tuple[str, ServerState]]:
+          api_key: str | None = None, port: int = 0,
+          responder: Callable[[dict[str, Any]], str] | None = None) -> Iterator[tuple[str, ServerState]]:
     """Run the server on 127.0.0.1 in a background thread; yields (OpenAI base_url, state).
 
     `port` 0 takes a free one; a fixed port is a server coming back where a run found none.
 
     `state.dashscope_url` is the native root for the DashScope SDK; `api_key` makes that route
-    answer 401 to any other key."""
+    answer 401 to any other key; `responder` answers the OpenAI route in place of the schema filler."""
     from aiohttp import web
 
     state = ServerState(latency_s=latency_s, faults=faults or Faults(), seed=seed, keep_bodies=keep_bodies,
-                        api_key=api_key)
+                        api_key=api_key, responder=responder)
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # injected drops are not server errors
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(make_app(state), access_log=None)
