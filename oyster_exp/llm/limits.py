@@ -16,8 +16,8 @@ What it holds:
   by 1/cap each (about one per round trip) and the learned limit by 3 % per full window, so the limiter
   keeps probing upward and finds the provider's limit even when none is configured. The learned limit is
   only set once a whole window has been seen (before that a 429 may come from a per-second burst limit).
-  A configured limit is a ceiling the learned one never exceeds. Only the first throttle after a cut cuts: replies to calls
-  sent before the cut describe the old rate.
+  A configured limit is a ceiling the learned one never exceeds. Only the first throttle after a cut cuts:
+  replies to calls sent before the cut describe the old rate.
 
 Across processes (joblib sweep arms, data-parallel workers) each process has its own limiter. We
 chose a share per process over a shared file-locked window: a lock file costs a filesystem round trip
