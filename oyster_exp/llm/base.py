@@ -43,6 +43,11 @@ class ChatRequest(BaseModel):
     max_tokens_per_field: int = Field(48, ge=1)
     enable_thinking: bool = False
 
+    def token_estimate(self) -> int:
+        """Tokens this request may cost, before it is sent (for tokens-per-minute limits): prompt characters / 3
+        plus the reply budget. The limiter replaces it with the reply's real usage once it comes."""
+        return sum(len(m.content) for m in self.messages) // 3 + self.max_tokens
+
     def cache_key(self, backend: str, model_id: str) -> str:
         """Stable hash of everything that determines the reply (used by the call cache)."""
         payload = {"backend": backend, "model": model_id, **self.model_dump(mode="json")}

@@ -38,4 +38,5 @@ def build_service(cfg: DictConfig, cache_root: Path) -> LLMService:
             enable_thinking=bool(role.enable_thinking),
         )
     cache = CallCache(cache_root / "llm_calls.sqlite") if cfg.llm.call_cache else None
-    return LLMService(roles, cache=cache, max_retries=int(cfg.llm.max_retries), seed=int(cfg.seed))
+    # preflight: each remote endpoint is probed once before the first call the cache cannot answer
+    return LLMService(roles, cache=cache, max_retries=int(cfg.llm.max_retries), seed=int(cfg.seed), preflight=True)

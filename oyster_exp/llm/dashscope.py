@@ -12,7 +12,9 @@ The native API cannot carry a JSON schema, so a structured request gets the sche
 (`schema_prompt`), plus `response_format={"type": "json_object"}` where the model supports it.
 
 The key is read once from the environment variable named by `api_key_env` (a config value names
-the variable, never the key); it is kept out of reprs, logs and failure reasons.
+the variable, never the key); it is kept out of reprs, logs and failure reasons. Throttling (429,
+`Throttling*` codes) slows the whole endpoint through its shared limiter (`limits.py`); `probe` checks the
+endpoint, the key and the model once before a stage's first call (GET models/<model>, which costs no tokens).
 """
 from __future__ import annotations
 
@@ -25,11 +27,15 @@ import httpx
 from oyster_exp.core.redaction import REDACTED, SECRET_VALUE
 from oyster_exp.llm.base import ChatRequest, ChatResponse, OnReply, Usage, continues_assistant
 from oyster_exp.llm.engine import CallEngine, FatalError, RetryableError
+from oyster_exp.llm.limits import endpoint_limiter, key_id, retry_after_s
 from oyster_exp.llm.reply_format import json_text, schema_instruction
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 RETRYABLE_CODES = ("Throttling", "InternalError", "ServiceUnavailable", "GatewayTimeout", "RequestTimeOut")
+THROTTLING_CODES = ("Throttling",)   # Throttling, Throttling.RateQuota, Throttling.AllocationQuota, ...
+UNKNOWN_MODEL = ("model not exist", "modelnotfound", "model_not_found", "not found")
+PROBE_TIMEOUT_S = 10.0
 
 
 class MissingAPIKey(RuntimeError):
@@ -56,6 +62,8 @@ class DashScopeClient:
         self.workspace = workspace
         self.engine = engine or CallEngine()
         self.engine.label = self.engine.label or f"dashscope {model}"
+        self.endpoint = (self.base_url, key_id(key))   # (URL, key hash): one limiter and one probe per pair
+        self.engine.attach(endpoint_limiter(self.base_url, key))
 
     def __repr__(self) -> str:  # no key, ever
         return f"DashScopeClient(model={self.model_id!r}, base_url={self.base_url!r})"
@@ -84,7 +92,6 @@ class DashScopeClient:
     def _classify(self, e: Exception) -> Exception:
         """An SDK or transport exception -> RetryableError / FatalError with a key-free reason."""
         from dashscope.v2.errors import APIConnectionError, APITimeoutError, DashScopeError
-        from dashscope.v2.transport._retry import retry_after_seconds
 
         if isinstance(e, (APITimeoutError, httpx.TimeoutException)):
             return RetryableError("timeout")
@@ -99,7 +106,8 @@ class DashScopeClient:
                 return FatalError(f"{what}: the key in {self.api_key_env} was refused (bad, expired or "
                                   f"not entitled to {self.model_id}); not retried")
             if (status in RETRYABLE_STATUS) or code.startswith(RETRYABLE_CODES):
-                return RetryableError(what, retry_after=retry_after_seconds(e.headers or {}))
+                return RetryableError(what, retry_after=retry_after_s(e.headers or {}),
+                                      throttled=status == 429 or code.startswith(THROTTLING_CODES))
             if status is None and not code:  # malformed SSE payload and the like
                 return RetryableError(f"malformed response body ({self._scrub(e.message)[:120]})")
             return FatalError(f"{what}: {self._scrub(str(e.message))[:200]}")
@@ -151,21 +159,42 @@ class DashScopeClient:
         return AsyncClient(api_key=self._key, base_url=self.base_url, workspace=self.workspace, protocol="native",
                            timeout=self.engine.timeout_s, max_retries=0, http_client=http), http
 
-    async def achat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None
-                          ) -> list[ChatResponse | str]:
+    async def achat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None,
+                          budgets: list[int] | None = None) -> list[ChatResponse | str]:
         client, http = self._client()
         try:
             calls = [lambda r=r: self._call(client, r) for r in requests]
-
-            def estimate(i: int) -> int:  # for the tokens/min bucket: prompt chars/3 + the reply budget
-                r = requests[i]
-                return sum(len(m.content) for m in r.messages) // 3 + r.max_tokens
-
-            return await self.engine.run(calls, estimate_tokens=estimate, on_reply=on_reply)
+            estimate = (lambda i: requests[i].token_estimate()) if self.engine.tokens_per_minute else None
+            return await self.engine.run(calls, estimate_tokens=estimate, on_reply=on_reply, budgets=budgets)
         finally:
             await client.aclose()
             await http.aclose()
 
-    def chat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None) -> list[ChatResponse | str]:
-        return asyncio.run(self.achat_batch(requests, on_reply))
+    def chat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None,
+                   budgets: list[int] | None = None) -> list[ChatResponse | str]:
+        return asyncio.run(self.achat_batch(requests, on_reply, budgets))
+
+    def probe(self) -> str | None:
+        """None when the endpoint answers, takes the key and knows the model; else why not (never the key).
+
+        GET <base>/models/<model> costs no tokens. Only what no retry can fix fails: unreachable, key refused,
+        model unknown. Any other answer (429, 5xx, a 404 from a deployment without that route) passes."""
+        url = f"{self.base_url}/models/{self.model_id}"
+        headers = {"Authorization": f"Bearer {self._key}"}
+        if self.workspace:
+            headers["X-DashScope-WorkSpace"] = self.workspace
+        try:
+            r = httpx.get(url, headers=headers, timeout=PROBE_TIMEOUT_S)
+        except httpx.TransportError as e:
+            return f"unreachable ({type(e).__name__})"
+        try:
+            code = str((r.json() or {}).get("code") or "")
+        except ValueError:
+            code = ""
+        if r.status_code in (401, 403) or code.startswith(("InvalidApiKey", "AccessDenied")):
+            return f"the key in {self.api_key_env} was refused (HTTP {r.status_code}{' ' + code if code else ''})"
+        text = self._scrub(r.text[:300]).lower()
+        if r.status_code in (400, 404) and code and any(w in (code.lower() + " " + text) for w in UNKNOWN_MODEL):
+            return f"unknown model {self.model_id!r} (HTTP {r.status_code} {code})"
+        return None
 

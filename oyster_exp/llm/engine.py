@@ -1,8 +1,11 @@
-"""The call engine: asyncio with bounded concurrency, token-bucket rate limits, retries with
-exponential backoff and jitter (honouring Retry-After), per-call timeouts, and a progress bar.
+"""The call engine: asyncio with bounded concurrency, the endpoint's shared limiter (sliding-window
+requests and tokens per minute, adaptive on throttling: `limits.py`), retries with exponential backoff and
+jitter (honouring Retry-After), per-call timeouts, and a progress bar.
 
-A call that still fails after `max_attempts` becomes a failure string with its reason; the engine
-never raises for one bad call, so one provider hiccup cannot lose a batch of finished work.
+A call that still fails after its attempts becomes a failure string with its reason; the engine never
+raises for one bad call, so one provider hiccup cannot lose a batch of finished work. A call's attempts
+come from one budget (`max_attempts`, or the caller's `budgets`): the service spends what transport
+retries left on schema re-asks, so the two never multiply.
 """
 from __future__ import annotations
 
@@ -14,43 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oyster_exp.llm.base import ChatResponse, LLMError
+from oyster_exp.llm.limits import EndpointLimiter
 
 
 class RetryableError(LLMError):
-    """Transport failure, timeout, 429 or 5xx: worth another attempt."""
+    """Transport failure, timeout, 429 or 5xx: worth another attempt. `throttled`: the provider said "too
+    fast" (429, DashScope `Throttling*`), which slows every call to the endpoint, not only this one."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class FatalError(LLMError):
     """Bad key, bad request: retrying cannot help."""
-
-
-class TokenBucket:
-    """`rate` units per minute, bursting up to `capacity`; `None` rate means unlimited."""
-
-    def __init__(self, per_minute: float | None, capacity: float | None = None):
-        self.rate = per_minute / 60.0 if per_minute else None
-        self.capacity = capacity or (per_minute or 0)
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def take(self, n: float = 1.0) -> None:
-        if self.rate is None:
-            return
-        n = min(n, self.capacity)
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= n:
-                    self.tokens -= n
-                    return
-                await asyncio.sleep((n - self.tokens) / self.rate)
 
 
 @dataclass
@@ -76,6 +57,19 @@ class CallEngine:
     label: str = ""                 # the progress bar's description (backend and model)
     seed: int = 0
     stats: EngineStats = field(default_factory=EngineStats)
+    # the endpoint's shared limiter (clients attach the registry's, `attach`); None: a private one
+    limiter: EndpointLimiter | None = None
+    key_shared_by: int = 1          # processes that use the key at once; each keeps its share of the limits
+
+    def attach(self, limiter: EndpointLimiter) -> None:
+        """Use `limiter` (shared with every client of the same endpoint and key), folding in our limits."""
+        limiter.configure(self.concurrency, self.requests_per_minute, self.tokens_per_minute, self.key_shared_by)
+        self.limiter = limiter
+
+    def _limiter(self) -> EndpointLimiter:
+        if self.limiter is None:
+            self.attach(EndpointLimiter(label=self.label))
+        return self.limiter  # type: ignore[return-value]
 
     def _delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         if retry_after is not None:
@@ -85,11 +79,13 @@ class CallEngine:
 
     async def run(self, calls: list[Callable[[], Awaitable[ChatResponse]]],
                   estimate_tokens: Callable[[int], int] | None = None,
-                  on_reply: Callable[[int, ChatResponse], None] | None = None) -> list[ChatResponse | str]:
+                  on_reply: Callable[[int, ChatResponse], None] | None = None,
+                  budgets: list[int] | None = None) -> list[ChatResponse | str]:
         """Every call's reply (or its failure reason), in order. `on_reply(i, reply)` runs as soon as call i
-        succeeds, so a caller can keep each paid reply even if the batch never finishes (a killed job)."""
+        succeeds, so a caller can keep each paid reply even if the batch never finishes (a killed job).
+        `budgets[i]`: the attempts call i may use (default `max_attempts`); lowered in place by those used."""
         sem = asyncio.Semaphore(self.concurrency)
-        rpm, tpm = TokenBucket(self.requests_per_minute), TokenBucket(self.tokens_per_minute)
+        limiter = self._limiter()
         rng = random.Random(self.seed)
         results: list[ChatResponse | str] = [""] * len(calls)
         bar = _progress(len(calls), self.label) if self.progress else None
@@ -97,40 +93,57 @@ class CallEngine:
         t0 = time.monotonic()
         base_failures, base_retries = self.stats.failures, self.stats.retries
         base_tokens = self.stats.prompt_tokens + self.stats.completion_tokens
+        stats = self.stats
 
         async def one(i: int) -> None:
             async with sem:
-                for attempt in range(self.max_attempts):
-                    await rpm.take()
-                    await tpm.take(estimate_tokens(i) if estimate_tokens else 1)
+                allowed = budgets[i] if budgets is not None else self.max_attempts
+                tokens = estimate_tokens(i) if estimate_tokens else 1
+                used = 0
+                for attempt in range(allowed):
+                    used += 1
+                    ticket = await limiter.acquire(tokens)
                     try:
                         resp = await asyncio.wait_for(calls[i](), timeout=self.timeout_s)
                     except FatalError as e:
+                        limiter.release(ticket)
                         results[i] = f"fatal: {e}"
                         break
                     except (TimeoutError, RetryableError, OSError) as e:
+                        throttled = bool(getattr(e, "throttled", False))
+                        retry_after = getattr(e, "retry_after", None)
+                        limiter.release(ticket, throttled=throttled, retry_after=retry_after)
                         reason = "timeout" if isinstance(e, asyncio.TimeoutError) else str(e) or type(e).__name__
                         results[i] = f"after {attempt + 1} attempts: {reason}"
-                        if attempt + 1 < self.max_attempts:
-                            self.stats.retries += 1
-                            await asyncio.sleep(self._delay(attempt, getattr(e, "retry_after", None), rng))
+                        if attempt + 1 < allowed:
+                            stats.retries += 1
+                            await asyncio.sleep(self._delay(attempt, retry_after, rng))
                         continue
+                    except BaseException:
+                        limiter.release(ticket)
+                        raise
+                    limiter.release(ticket, tokens_used=(resp.usage.prompt_tokens + resp.usage.completion_tokens)
+                                    if estimate_tokens else None)
                     results[i] = resp
                     if on_reply is not None:
                         on_reply(i, resp)
-                    self.stats.prompt_tokens += resp.usage.prompt_tokens
-                    self.stats.completion_tokens += resp.usage.completion_tokens
+                    stats.prompt_tokens += resp.usage.prompt_tokens
+                    stats.completion_tokens += resp.usage.completion_tokens
                     break
-                self.stats.calls += 1
+                if budgets is not None:
+                    budgets[i] -= used
+                stats.calls += 1
                 if isinstance(results[i], str):
-                    self.stats.failures += 1
+                    if not results[i]:
+                        results[i] = "no attempt left in the call's budget"
+                    stats.failures += 1
                     key = str(results[i]).split(":")[-1].strip()[:60]
-                    self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+                    stats.reasons[key] = stats.reasons.get(key, 0) + 1
                 if bar is not None:
-                    tokens = self.stats.prompt_tokens + self.stats.completion_tokens - base_tokens
-                    bar.set_postfix(failures=self.stats.failures - base_failures,
-                                    retries=self.stats.retries - base_retries, tok=tokens,
-                                    tok_s=round(tokens / max(time.monotonic() - t0, 1e-6)), refresh=False)
+                    tokens_done = stats.prompt_tokens + stats.completion_tokens - base_tokens
+                    bar.set_postfix(failures=stats.failures - base_failures,
+                                    retries=stats.retries - base_retries, tok=tokens_done,
+                                    tok_s=round(tokens_done / max(time.monotonic() - t0, 1e-6)), refresh=False)
                     bar.update(1)
 
         try:

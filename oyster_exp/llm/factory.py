@@ -34,13 +34,15 @@ def clear_local_clients() -> None:
 def openai_client(base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", json_schema: bool = True,
                   thinking_param: str | None = "chat_template_kwargs", concurrency: int = 16,
                   requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
-                  max_attempts: int = 5, timeout_s: float = 120.0, progress: bool = False) -> Any:
+                  max_attempts: int = 5, timeout_s: float = 120.0, progress: bool = False,
+                  key_shared_by: int = 1) -> Any:
+    """An OpenAI-compatible client; roles with the same base URL and key share one limiter (`llm.limits`)."""
     from oyster_exp.llm.engine import CallEngine
     from oyster_exp.llm.openai_compat import OpenAICompatClient
 
     engine = CallEngine(concurrency=concurrency, requests_per_minute=requests_per_minute,
                         tokens_per_minute=tokens_per_minute, max_attempts=max_attempts, timeout_s=timeout_s,
-                        progress=progress)
+                        progress=progress, key_shared_by=key_shared_by)
     return OpenAICompatClient(base_url, model, api_key_env=api_key_env, json_schema=json_schema,
                               thinking_param=thinking_param, engine=engine)
 
@@ -49,13 +51,13 @@ def dashscope_client(model: str, api_key_env: str = "DASHSCOPE_API_KEY", base_ur
                      json_mode: bool = False, stream: bool | None = None, thinking_budget: int | None = None,
                      workspace: str | None = None, concurrency: int = 16, requests_per_minute: float | None = None,
                      tokens_per_minute: float | None = None, max_attempts: int = 5, timeout_s: float = 300.0,
-                     progress: bool = False) -> Any:
+                     progress: bool = False, key_shared_by: int = 1) -> Any:
     """DashScope's native SDK behind our engine; raises `MissingAPIKey` now if the key variable is unset."""
     from oyster_exp.llm.dashscope import DashScopeClient
     from oyster_exp.llm.engine import CallEngine
 
     engine = CallEngine(concurrency=concurrency, requests_per_minute=requests_per_minute,
                         tokens_per_minute=tokens_per_minute, max_attempts=max_attempts, timeout_s=timeout_s,
-                        progress=progress)
+                        progress=progress, key_shared_by=key_shared_by)
     return DashScopeClient(model, api_key_env=api_key_env, base_url=base_url, json_mode=json_mode, stream=stream,
                            thinking_budget=thinking_budget, workspace=workspace, engine=engine)

@@ -5,12 +5,19 @@ failures per stage and role, validates structured replies against their pydantic
 (with a new seed, so the retry is a different request) and, after the last attempt, returns a
 failure with its reason instead of raising or inventing a value.
 
+Before the first call that the cache cannot answer, every distinct remote endpoint of the configured
+roles is probed once (`preflight`, set by `build_service`): a dead server, a refused key or an unknown model
+stops the run with an `EndpointError` naming the role and URL, instead of every call failing slowly. A
+conversation's attempts come from one budget (its client engine's `max_attempts`): transport retries spend
+it, and a schema re-ask happens only while some is left, so the two never multiply.
+
 A failed outcome leaves nothing in the call cache: transport failures are never stored, and the replies
 of a conversation that stayed invalid through every attempt are removed again, so the rerun that retries
 the failed record (see `csa.records`) asks the backend anew instead of replaying the same bad replies.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from oyster_exp.llm.base import ChatMessage, ChatRequest, ChatResponse, LLMClient
 from oyster_exp.llm.cache import CallCache
+from oyster_exp.llm.strict_schema import drop_null_optionals
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -67,20 +75,23 @@ class Usage:
         return {"total": self.totals(), "by_stage_role": {k: dict(v) for k, v in sorted(self.by_stage_role.items())}}
 
 
-def _takes_on_reply(client: Any) -> bool:
-    """Remote backends report each reply as it lands (`base.OnReply`); the local one answers whole batches."""
+def _takes(client: Any, name: str) -> bool:
+    """Does the client's `chat_batch` take `name`? Remote backends report each reply as it lands (`on_reply`,
+    `base.OnReply`) and spend per-call attempt budgets (`budgets`); the local one answers whole batches."""
     import inspect
 
     try:
-        return "on_reply" in inspect.signature(client.chat_batch).parameters
+        return name in inspect.signature(client.chat_batch).parameters
     except (TypeError, ValueError):
         return False
 
 
 class LLMService:
     def __init__(self, roles: dict[str, RoleBinding], cache: CallCache | None = None, max_retries: int = 2,
-                 seed: int = 0):
+                 seed: int = 0, preflight: bool = False):
         self.roles = roles
+        self.preflight = preflight
+        self._probed: set[Any] = set()     # endpoints already probed (client.endpoint + model)
         self.cache = cache
         self.max_retries = max_retries
         self.seed = seed
@@ -116,12 +127,36 @@ class LLMService:
             enable_thinking=b.enable_thinking,
         )
 
+    def _probe_endpoints(self) -> None:
+        """Probe each distinct remote endpoint of the roles once (clients with a `probe`), before paying for calls.
+
+        All of them, not only the calling role's: a dead judge endpoint should stop the run before the actor's
+        replies are bought."""
+        from oyster_exp.core.errors import EndpointError
+
+        for name, binding in self.roles.items():
+            client = binding.client
+            probe = getattr(client, "probe", None)
+            if probe is None:
+                continue
+            ident = (getattr(client, "endpoint", None) or id(client), client.model_id)
+            if ident in self._probed:
+                continue
+            problem = probe()
+            if problem is not None:
+                url = getattr(client, "base_url", "?")
+                raise EndpointError(f"llm.roles.{name}: {client.backend} endpoint {url} (model {client.model_id!r}): "
+                                    f"{problem}; no call was made")
+            self._probed.add(ident)
+
     def _keys(self, role: str, requests: list[ChatRequest]) -> list[str]:
         client = self.roles[role].client
         return [r.cache_key(client.backend, client.model_id) for r in requests]
 
-    def _complete(self, role: str, requests: list[ChatRequest]) -> list[ChatResponse | str]:
-        """Replies in order; a transport failure becomes its message (a string), never an exception."""
+    def _complete(self, role: str, requests: list[ChatRequest],
+                  budgets: list[int] | None = None) -> list[ChatResponse | str]:
+        """Replies in order; a transport failure becomes its message (a string), never an exception.
+        `budgets[i]`: attempts request i may still use, lowered by what its transport attempts spent."""
         client = self.roles[role].client
         out: list[ChatResponse | str | None] = [None] * len(requests)
         misses: list[int] = []
@@ -133,22 +168,30 @@ class LLMService:
                 self.usage.add(self.stage, role, "cache_hits")
             else:
                 misses.append(i)
+        if misses and self.preflight:
+            self._probe_endpoints()
         if misses:
             engine = getattr(client, "engine", None)  # remote backends: count the engine's transport retries
             retries_before = engine.stats.retries if engine is not None else 0
             batch = [requests[i] for i in misses]
+            extra: dict[str, Any] = {}
+            if budgets is not None and _takes(client, "budgets"):
+                extra["budgets"] = left = [budgets[i] for i in misses]
             try:
-                if self.cache is not None and _takes_on_reply(client):
+                if self.cache is not None and _takes(client, "on_reply"):
                     def keep(j: int, reply: ChatResponse) -> None:  # paid for: stored even if the batch dies
                         self.cache.put(keys[misses[j]], reply)
-                    replies: list[ChatResponse | str] = list(client.chat_batch(batch, on_reply=keep))
+                    replies: list[ChatResponse | str] = list(client.chat_batch(batch, on_reply=keep, **extra))
                 else:
-                    replies = list(client.chat_batch(batch))
+                    replies = list(client.chat_batch(batch, **extra))
             except Exception as e:
                 log.warning("%s/%s: backend error: %s", self.stage, role, e)
                 replies = [f"backend error: {type(e).__name__}: {e}"] * len(misses)
             if engine is not None:
                 self.usage.add(self.stage, role, "transport_retries", engine.stats.retries - retries_before)
+            if "budgets" in extra:
+                for i, b in zip(misses, left):
+                    budgets[i] = b  # type: ignore[index]
             for i, reply in zip(misses, replies):
                 self.usage.add(self.stage, role, "calls")
                 out[i] = reply
@@ -167,7 +210,12 @@ class LLMService:
         pending = list(range(len(conversations)))
         asked: dict[int, list[str]] = {}     # cache keys of every attempt per conversation
         json_schema = schema.model_json_schema() if schema is not None else None  # once per batch, not per request
+        engine = getattr(self.roles[role].client, "engine", None)
+        # one attempt budget per conversation, shared by transport retries and re-asks (remote clients)
+        budgets = [int(engine.max_attempts)] * len(conversations) if engine is not None else None
         for attempt in range(self.max_retries + 1):
+            if budgets is not None:
+                pending = [i for i in pending if budgets[i] > 0]
             if not pending:
                 break
             if attempt:
@@ -179,7 +227,12 @@ class LLMService:
                 for i, key in zip(pending, self._keys(role, reqs)):
                     asked.setdefault(i, []).append(key)
             still = []
-            for i, reply in zip(pending, self._complete(role, reqs)):
+            sub = [budgets[i] for i in pending] if budgets is not None else None
+            replies = self._complete(role, reqs, sub)
+            if budgets is not None and sub is not None:
+                for i, b in zip(pending, sub):
+                    budgets[i] = b
+            for i, reply in zip(pending, replies):
                 out = Outcome(failure=reply, no_reply=True) if isinstance(reply, str) else parse(reply)
                 results[i] = out
                 if out.failure is not None:
@@ -187,6 +240,7 @@ class LLMService:
                 elif attempt == 0 and schema is not None:
                     self.usage.add(self.stage, role, "structured_valid")
             pending = still
+        pending = [i for i in range(len(conversations)) if results[i].failure is not None]
         for i in pending:
             self.usage.add(self.stage, role, "failures")
             log.warning("%s/%s: gave up after %d attempts: %s", self.stage, role, self.max_retries + 1,
@@ -212,9 +266,16 @@ class LLMService:
         self._check_role(role)
         self.usage.add(self.stage, role, "structured_requests", len(conversations))
 
+        original = schema.model_json_schema()
+
         def parse(reply: ChatResponse) -> Outcome[T]:
             try:
-                value = schema.model_validate_json(reply.content)
+                try:   # a strict server says null for an optional field it leaves out: the default applies
+                    data = drop_null_optionals(json.loads(reply.content), original)
+                except ValueError:
+                    data = None
+                value = (schema.model_validate(data) if data is not None and isinstance(data, dict)
+                         else schema.model_validate_json(reply.content))
             except ValidationError as e:
                 first = e.errors()[0]
                 loc = ".".join(str(x) for x in first["loc"]) or "<root>"

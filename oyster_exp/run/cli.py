@@ -166,7 +166,7 @@ def finish_loggers(loggers: list[object], ok: bool) -> None:
 
 def run(cfg: DictConfig) -> float:
     """Run the stage graph; return the report headline named by `sweep.objective` (Optuna's objective)."""
-    from oyster_exp.core.errors import DataError, StageError
+    from oyster_exp.core.errors import DataError, EndpointError, StageError
     from oyster_exp.llm.factory import clear_local_clients
     from oyster_exp.llm.usage_report import log_run_usage
     from oyster_exp.pipeline.runner import RunContext, partial_stages, run_pipeline
@@ -192,12 +192,12 @@ def run(cfg: DictConfig) -> float:
         else:
             status = "completed"
             log.info("run complete: %s", run_dir)
-    except (DataError, StageError) as e:
+    except (DataError, StageError, EndpointError) as e:
         reason = str(e)
         log.error("%s", e)
-        kind = "data error: " if isinstance(e, DataError) else ""
+        kind = {DataError: "data error: ", EndpointError: "endpoint error: "}.get(type(e), "")
         print(f"oyster-exp: {kind}{' '.join(reason.split())}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG if isinstance(e, DataError) else EXIT_STAGE) from None
+        raise SystemExit(EXIT_STAGE if isinstance(e, StageError) else EXIT_CONFIG) from None
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}"
         raise

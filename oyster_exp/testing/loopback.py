@@ -10,6 +10,12 @@ free text gets an echo of the last user message (a continuation marker after an 
 Faults are drawn from a seeded RNG per request (429 with Retry-After, 500, a malformed body, a dropped
 connection, a truncated body, a hang), or
 scripted per request number for tests that need an exact sequence.
+
+Like a real provider it can also enforce a sliding-window request limit it does not advertise
+(`rate_limit` requests per `rate_window_s`: 429 with the time until a slot frees), serve a fixed list of
+models (`models`: GET /v1/models and the native GET /api/v1/models/<name>; another name gets 404 / 400
+"Model not exist"; with `models` None the list is empty and any name is served). Those GETs are not
+counted in `requests`, so probes leave fault scripts in place.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ import json
 import logging
 import random
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +46,7 @@ class Faults:
     rate_drop: float = 0.0          # close the connection without answering
     rate_truncated: float = 0.0     # 200 with half a JSON body
     retry_after_s: float = 0.05
+    retry_after_form: str = "seconds"   # how a 429 says it: "seconds" (Retry-After), "ms" (retry-after-ms), "date"
     hang_s: float = 5.0
     # Request n (1-based) gets script[n-1] when given, else the seeded draw. Kinds: "ok", "429",
     # "500", "malformed", "drop", "truncated", "hang", "401".
@@ -57,8 +66,26 @@ class ServerState:
     keep_bodies: bool = True
     api_key: str | None = None      # native route: a request without `Bearer <api_key>` gets 401
     root: str = ""                  # http://127.0.0.1:<port>, set by `serve`
+    models: tuple[str, ...] | None = None   # the models served (None: any name)
+    rate_limit: int | None = None   # requests accepted per sliding window (None: no limit); never advertised
+    rate_window_s: float = 60.0
+    throttled: int = 0              # requests refused by `rate_limit`
+    arrivals: list[float] = field(default_factory=list)   # monotonic arrival time of each POST
     # A scripted world: OpenAI request body -> reply content (replaces the schema filler on that route)
     responder: Callable[[dict[str, Any]], str] | None = None
+    _accepted: deque[float] = field(default_factory=deque)
+
+    def over_limit(self, now: float) -> float | None:
+        """Seconds until the window has room again when it is full now, else None (and the request counts)."""
+        if self.rate_limit is None:
+            return None
+        while self._accepted and self._accepted[0] <= now - self.rate_window_s:
+            self._accepted.popleft()
+        if len(self._accepted) >= self.rate_limit:
+            self.throttled += 1
+            return self._accepted[0] + self.rate_window_s - now
+        self._accepted.append(now)
+        return None
 
     @property
     def dashscope_url(self) -> str:
@@ -69,6 +96,9 @@ class ServerState:
 def _value(node: dict[str, Any], defs: dict[str, Any]) -> Any:
     if "$ref" in node:
         return _value(defs[node["$ref"].split("/")[-1]], defs)
+    if "anyOf" in node:     # a nullable field (strict form): the first non-null branch
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        return _value(branches[0], defs) if branches else None
     if "enum" in node:
         return node["enum"][0]
     if "const" in node:
@@ -135,12 +165,23 @@ def fault_kind(state: ServerState, n: int) -> str:
     return "hang" if 0 <= r < f.rate_hang else "ok"
 
 
+def retry_headers(seconds: float, form: str = "seconds") -> dict[str, str]:
+    """The wait in one of the forms providers use."""
+    if form == "ms":
+        return {"retry-after-ms": str(int(seconds * 1000))}
+    if form == "date":
+        import email.utils
+
+        return {"Retry-After": email.utils.formatdate(time.time() + seconds, usegmt=True)}
+    return {"Retry-After": f"{seconds:.3f}"}
+
+
 def _respond(state: ServerState, body: dict[str, Any], n: int) -> tuple[int, bytes, dict[str, str], float]:
     """(status, payload, headers, extra delay) for request number n on the OpenAI-compatible route."""
     f = state.faults
     kind = fault_kind(state, n)
     if kind == "429":
-        return 429, b'{"error": "rate limited"}', {"Retry-After": str(f.retry_after_s)}, 0.0
+        return 429, b'{"error": "rate limited"}', retry_headers(f.retry_after_s, f.retry_after_form), 0.0
     if kind == "500":
         return 500, b'{"error": "server error"}', {}, 0.0
     if kind == "401":
@@ -196,6 +237,7 @@ def make_app(state: ServerState) -> Any:
         with state.lock:
             state.requests += 1
             n = state.requests
+            state.arrivals.append(time.monotonic())
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
             if state.keep_bodies:
@@ -212,10 +254,32 @@ def make_app(state: ServerState) -> Any:
             request.transport.close()
         raise ConnectionResetError("dropped by fault injection")
 
+    def _throttle(native: bool) -> web.Response | None:
+        """The undeclared sliding-window limit: 429 with the wait until a slot frees, or None (admitted)."""
+        with state.lock:
+            wait = state.over_limit(time.monotonic())
+        if wait is None:
+            return None
+        body = (_native_error("Throttling.RateQuota", "Requests rate limit exceeded.", 0) if native
+                else b'{"error": {"message": "rate limit exceeded", "type": "requests"}}')
+        headers = retry_headers(max(wait, 0.0), state.faults.retry_after_form)
+        return web.Response(status=429, body=body, headers=headers, content_type="application/json")
+
+    def _unknown_model(body: dict[str, Any]) -> bool:
+        return state.models is not None and body.get("model") not in state.models
+
     async def completions(request: web.Request) -> web.Response:
         body = await request.json()
         n = _enter(request, body)
         try:
+            refused = _throttle(native=False)
+            if refused is not None:
+                await asyncio.sleep(state.latency_s)
+                return refused
+            if _unknown_model(body):
+                return web.Response(status=404, content_type="application/json",
+                                    body=json.dumps({"error": {"message": f"The model `{body.get('model')}` does "
+                                                               "not exist.", "code": 404}}).encode())
             status, payload, headers, delay = _respond(state, body, n)
             await asyncio.sleep(state.latency_s + delay)
             if status < 0:  # a dropped connection: no status line at all
@@ -232,13 +296,20 @@ def make_app(state: ServerState) -> Any:
             kind = fault_kind(state, n)
             if state.api_key is not None and request.headers.get("Authorization") != f"Bearer {state.api_key}":
                 kind = "401"
+            refused = _throttle(native=True) if kind != "401" else None
+            if refused is not None:
+                await asyncio.sleep(state.latency_s)
+                return refused
+            if _unknown_model(body) and kind != "401":
+                return web.Response(status=400, body=_native_error("InvalidParameter", "Model not exist.", n),
+                                    content_type="application/json")
             await asyncio.sleep(state.latency_s + (f.hang_s if kind == "hang" else 0.0))
             errors = {"429": (429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later."),
                       "500": (500, "InternalError", "An internal error has occured, please try again later."),
                       "401": (401, "InvalidApiKey", "Invalid API-key provided.")}
             if kind in errors:
                 status, code, message = errors[kind]
-                headers = {"Retry-After": str(f.retry_after_s)} if kind == "429" else {}
+                headers = retry_headers(f.retry_after_s, f.retry_after_form) if kind == "429" else {}
                 return web.Response(status=status, body=_native_error(code, message, n), headers=headers,
                                     content_type="application/json")
             if kind == "malformed":
@@ -267,10 +338,29 @@ def make_app(state: ServerState) -> Any:
 
     async def stats(request: web.Request) -> web.Response:
         with state.lock:
-            data = {"requests": state.requests, "max_in_flight": state.max_in_flight}
+            data = {"requests": state.requests, "max_in_flight": state.max_in_flight, "throttled": state.throttled,
+                    "arrivals": list(state.arrivals) if request.query.get("arrivals") else None}
         return web.json_response(data)
 
+    async def list_models(request: web.Request) -> web.Response:
+        if state.api_key is not None and request.headers.get("Authorization") != f"Bearer {state.api_key}":
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"}
+                                                             for m in (state.models or ())]})
+
+    async def native_model(request: web.Request) -> web.Response:
+        if state.api_key is not None and request.headers.get("Authorization") != f"Bearer {state.api_key}":
+            return web.Response(status=401, body=_native_error("InvalidApiKey", "Invalid API-key provided.", 0),
+                                content_type="application/json")
+        name = request.match_info["name"]
+        if state.models is not None and name not in state.models:
+            return web.Response(status=404, body=_native_error("ModelNotFound", "Model not exist.", 0),
+                                content_type="application/json")
+        return web.json_response({"request_id": "m", "output": {"id": name}})
+
     app = web.Application()
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/api/v1/models/{name}", native_model)
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post(NATIVE_PATH, native)
     app.router.add_get("/v1/stats", stats)
@@ -279,7 +369,8 @@ def make_app(state: ServerState) -> Any:
 
 @contextmanager
 def serve(latency_s: float = 0.0, faults: Faults | None = None, seed: int = 0, keep_bodies: bool = True,
-          api_key: str | None = None, port: int = 0,
+          api_key: str | None = None, port: int = 0, models: tuple[str, ...] | None = None,
+          rate_limit: int | None = None, rate_window_s: float = 60.0,
           responder: Callable[[dict[str, Any]], str] | None = None) -> Iterator[tuple[str, ServerState]]:
     """Run the server on 127.0.0.1 in a background thread; yields (OpenAI base_url, state).
 
@@ -290,7 +381,8 @@ def serve(latency_s: float = 0.0, faults: Faults | None = None, seed: int = 0, k
     from aiohttp import web
 
     state = ServerState(latency_s=latency_s, faults=faults or Faults(), seed=seed, keep_bodies=keep_bodies,
-                        api_key=api_key, responder=responder)
+                        api_key=api_key, models=models, rate_limit=rate_limit, rate_window_s=rate_window_s,
+                        responder=responder)
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # injected drops are not server errors
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(make_app(state), access_log=None)
@@ -314,8 +406,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="loopback LLM server (OpenAI-compatible and DashScope native)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--rate-limit", type=int, default=None, help="requests per sliding window (not advertised)")
+    ap.add_argument("--rate-window", type=float, default=60.0, help="the window, seconds")
     args = ap.parse_args()
-    with serve(latency_s=args.latency, keep_bodies=False, port=args.port) as (url, state):
+    with serve(latency_s=args.latency, keep_bodies=False, port=args.port, rate_limit=args.rate_limit,
+               rate_window_s=args.rate_window) as (url, state):
         print(url, flush=True)              # line 1: the OpenAI-compatible root
         print(state.dashscope_url, flush=True)  # line 2: the DashScope native root
         threading.Event().wait()

@@ -102,21 +102,6 @@ def test_concurrency_is_bounded_and_used() -> None:
     assert state.max_in_flight == 6
 
 
-def test_token_bucket_paces_requests() -> None:
-    import asyncio
-
-    from oyster_exp.llm.engine import TokenBucket
-
-    async def go() -> float:
-        b = TokenBucket(per_minute=1200, capacity=2)  # 20/s after a burst of 2
-        t0 = time.monotonic()
-        for _ in range(12):
-            await b.take()
-        return time.monotonic() - t0
-
-    assert 0.4 <= asyncio.run(go()) < 1.5
-
-
 def test_dropped_connections_and_truncated_bodies_are_retried() -> None:
     with serve(faults=Faults(rate_drop=0.25, rate_truncated=0.25), seed=5) as (url, state):
         client = _client(url, max_attempts=10)

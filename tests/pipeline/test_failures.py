@@ -7,12 +7,14 @@ The runner tests drive the real `run_pipeline` with a small stage whose calls fa
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -189,19 +191,44 @@ def _stderr_lines(p: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in p.stderr.splitlines() if line.startswith("oyster-exp:")]
 
 
-def test_a_dead_server_stops_the_run_and_the_same_command_redoes_the_work_once_it_is_up(tmp_path: Path) -> None:
-    from oyster_exp.testing.loopback import serve
+def test_a_dead_endpoint_stops_the_run_at_once_with_one_line_naming_role_and_url(tmp_path: Path) -> None:
+    """The probe before the first remote call: no retries against a closed port, exit 2, one line, no key."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    t0 = time.monotonic()
+    dead = _cli(tmp_path, "llm=openai", f"llm.base_url={url}", timeout=180)
+    wall = time.monotonic() - t0
+    assert dead.returncode == 2, dead.stdout[-2000:] + dead.stderr[-2000:]
+    (line,) = _stderr_lines(dead)
+    assert line == (f"oyster-exp: endpoint error: llm.roles.actor: openai_compat endpoint {url} "
+                    "(model 'served-model'): unreachable (ConnectError); no call was made"), line
+    assert "Traceback" not in dead.stderr + dead.stdout
+    # from the first stage that calls the endpoint to the exit: the probe, not 5 attempts x 3 re-asks per call
+    started = re.search(r"\[([\d-]+ [\d:,]+)\]\[oyster_exp.pipeline.runner\]\[INFO\] stage generate running",
+                        dead.stdout + dead.stderr)
+    assert started, dead.stdout[-2000:]
+    began = datetime.datetime.strptime(started.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    assert time.time() - began < 30, f"{time.time() - began:.1f} s after generate started (wall {wall:.1f} s)"
+    m = _manifest(tmp_path)
+    assert m["status"] == "failed" and "unreachable" in m["reason"]
+
+
+def test_failed_calls_stop_the_run_and_the_same_command_redoes_the_work_once_the_server_is_well(
+        tmp_path: Path) -> None:
+    from oyster_exp.testing.loopback import Faults, serve
 
     port = _free_port()
     cmd = ["llm=openai", f"llm.base_url=http://127.0.0.1:{port}/v1", "model=tiny_random", "debug=fast",
            "llm.max_retries=0", *(f"llm.roles.{r}.client.max_attempts=2" for r in
                                   ("actor", "user_judge", "safety_judge", "editor"))]
-    dead = _cli(tmp_path, *cmd)
-    assert dead.returncode == 1, dead.stdout[-2000:] + dead.stderr[-2000:]
-    (line,) = _stderr_lines(dead)
+    with serve(port=port, faults=Faults(rate_500=1.0)) as (_, state):   # up (the probe passes), every call fails
+        sick = _cli(tmp_path, *cmd)
+        assert state.requests == 8, "4 records x 2 attempts: one budget per call"
+    assert sick.returncode == 1, sick.stdout[-2000:] + sick.stderr[-2000:]
+    (line,) = _stderr_lines(sick)
     assert line.startswith("oyster-exp: stage generate: 4/4 records failed (first: actor: after 2 attempts: "
-                           "transport error: ConnectError)"), line
-    assert "Traceback" not in dead.stderr and "run complete" not in dead.stdout
+                           "HTTP 500)"), line
+    assert "Traceback" not in sick.stderr and "run complete" not in sick.stdout
     m = _manifest(tmp_path)
     assert m["status"] == "failed" and m["reason"].startswith("stage generate: 4/4")
     assert m["counters"]["transient_failures"] == {"generate": 4}

@@ -1,0 +1,197 @@
+"""Provider limits: the shared sliding-window limiter, throttling that slows every role, Retry-After in every
+form, the endpoint probe, and one attempt budget per call — against the real loopback HTTP server."""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import threading
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from oyster_exp.core.errors import EndpointError
+from oyster_exp.llm.base import ChatMessage, ChatRequest, ChatResponse
+from oyster_exp.llm.engine import CallEngine
+from oyster_exp.llm.limits import _REGISTRY, EndpointLimiter, endpoint_limiter, retry_after_s
+from oyster_exp.llm.openai_compat import OpenAICompatClient
+from oyster_exp.llm.service import LLMService, RoleBinding
+from oyster_exp.testing.loopback import Faults, serve
+
+ENV = "OYSTER_TEST_LIMITS_KEY"
+
+
+def _client(url: str, model: str = "m", **engine_kw) -> OpenAICompatClient:
+    engine = CallEngine(**{"concurrency": 4, "max_attempts": 4, "backoff_base_s": 0.01, "timeout_s": 5.0,
+                           **engine_kw})
+    return OpenAICompatClient(url, model, api_key_env=ENV, engine=engine)
+
+
+def _req(text: str) -> ChatRequest:
+    return ChatRequest(messages=[ChatMessage(role="user", content=text)], max_tokens=4)
+
+
+def test_retry_after_reads_seconds_milliseconds_and_http_dates() -> None:
+    assert retry_after_s({"Retry-After": "2.5"}) == 2.5
+    assert retry_after_s({"retry-after-ms": "750", "Retry-After": "9"}) == 0.75   # the finer one wins
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= retry_after_s({"retry-after": date}) <= 31  # type: ignore[operator]
+    assert retry_after_s({"Retry-After": "soon"}) is None and retry_after_s({}) is None and retry_after_s(None) is None
+    past = email.utils.formatdate(time.time() - 100, usegmt=True)
+    assert retry_after_s({"Retry-After": past}) == 0.0
+
+
+def test_the_window_holds_over_every_window_with_no_initial_burst() -> None:
+    limiter = EndpointLimiter(window_s=0.5)
+    limiter.configure(concurrency=50, requests_per_minute=4 * 120, tokens_per_minute=None)  # 4 per 0.5 s
+
+    async def go() -> list[float]:
+        out = []
+        for _ in range(10):
+            t = await limiter.acquire()
+            out.append(t.start)
+            limiter.release(t)
+        return out
+
+    starts = asyncio.run(go())
+    assert max(sum(1 for s in starts if a <= s < a + 0.5) for a in starts) == 4   # never 5 in any 0.5 s
+    assert starts[-1] - starts[0] >= 1.0                                        # 10 starts need 2 full windows
+
+
+def test_tokens_per_window_hold_and_count_real_usage() -> None:
+    limiter = EndpointLimiter(window_s=0.4)
+    limiter.configure(concurrency=10, requests_per_minute=None, tokens_per_minute=100 * 150)   # 100 per 0.4 s
+
+    async def go() -> float:
+        t0 = time.monotonic()
+        a = await limiter.acquire(60)
+        limiter.release(a, tokens_used=10)     # it cost less than estimated: room for the next one now
+        b = await limiter.acquire(60)
+        limiter.release(b)
+        c = await limiter.acquire(60)          # 70 + 60 > 100: waits for the first to leave the window
+        limiter.release(c)
+        return c.start - t0
+
+    assert 0.35 <= asyncio.run(go()) < 1.0
+
+
+def test_one_limiter_per_endpoint_and_key_never_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, "sk-limits-secret-0001")
+    a, b = _client("http://127.0.0.1:9/v1"), _client("http://127.0.0.1:9/v1/")
+    assert a.engine.limiter is b.engine.limiter
+    assert a.engine.limiter.max_in_flight >= 8            # both roles' concurrencies count
+    monkeypatch.setenv(ENV, "sk-limits-other-0002")
+    assert _client("http://127.0.0.1:9/v1").engine.limiter is not a.engine.limiter
+    assert not any("sk-limits" in part for key in _REGISTRY for part in map(str, key))
+    assert endpoint_limiter("http://127.0.0.1:9/v1", "sk-limits-secret-0001") is a.engine.limiter
+
+
+def test_a_429_pauses_every_role_on_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, f"sk-pause-{os.getpid()}")
+    faults = Faults(script=("429",), retry_after_s=0.6, retry_after_form="ms")
+    with serve(faults=faults, latency_s=0.02) as (url, state):
+        actor, judge = _client(url, concurrency=1), _client(url, concurrency=1)
+        out: dict[str, list] = {}
+
+        def run(name: str, client: OpenAICompatClient) -> None:
+            out[name] = client.chat_batch([_req(f"{name}{i}") for i in range(3)])
+
+        threads = [threading.Thread(target=run, args=("a", actor))]
+        threads[0].start()
+        time.sleep(0.01)
+        threads.append(threading.Thread(target=run, args=("j", judge)))
+        threads[1].start()
+        for t in threads:
+            t.join()
+        arrivals = sorted(state.arrivals)
+    assert all(isinstance(r, ChatResponse) for r in out["a"] + out["j"])
+    # the judge's calls wait out the actor's 429 too: after the first one or two, nothing for ~0.6 s
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert max(gaps) >= 0.5, gaps
+    assert actor.engine.limiter.stats.cuts == 1 and actor.engine.limiter.stats.throttled == 1
+
+
+def test_an_undeclared_limit_is_found_and_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three roles, no configured limit, a server allowing 12 requests per 0.5 s: all succeed, few 429s."""
+    monkeypatch.setenv(ENV, f"sk-find-{os.getpid()}")
+    with serve(rate_limit=12, rate_window_s=0.5, latency_s=0.01) as (url, state):
+        shared = EndpointLimiter(window_s=0.5)
+        clients = [_client(url, concurrency=3, max_attempts=10) for _ in range(3)]
+        for c in clients:
+            c.engine.limiter = None
+            c.engine.attach(shared)
+        results: list = []
+        threads = [threading.Thread(target=lambda c=c: results.extend(c.chat_batch([_req("x")] * 40)))
+                   for c in clients]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.monotonic() - t0
+    assert all(isinstance(r, ChatResponse) for r in results) and len(results) == 120
+    assert shared.learned_requests is not None and shared.learned_requests <= 12
+    assert state.throttled <= 0.25 * state.requests, (state.throttled, state.requests)
+    assert seconds < 120 / 12 * 0.5 * 1.6          # near the server's rate: 120 calls at 24/s is 5 s
+
+
+class Reply(BaseModel):
+    verdict: str
+    note: str = "none"
+
+
+def test_one_budget_per_call_transport_retries_and_reasks_share_it() -> None:
+    with serve(faults=Faults(rate_500=1.0)) as (url, state):
+        svc = LLMService({"judge": RoleBinding(client=_client(url, max_attempts=3))}, max_retries=2)
+        out = svc.structured("judge", [[ChatMessage(role="user", content="q")]] * 2, Reply)
+    assert all(o.failure and "HTTP 500" in o.failure for o in out)
+    assert state.requests == 6, "3 attempts per call in all, not 3 transport x 3 re-asks"
+
+
+def test_a_strict_null_for_an_optional_field_takes_its_default() -> None:
+    class Scripted:
+        backend, model_id = "scripted", "s"
+
+        def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+            return [ChatResponse(content='{"verdict": "safe", "note": null}') for _ in requests]
+
+    (out,) = LLMService({"judge": RoleBinding(client=Scripted())}).structured(
+        "judge", [[ChatMessage(role="user", content="q")]], Reply)
+    assert out.value == Reply(verdict="safe", note="none")
+
+
+def test_probe_names_each_cause_and_costs_no_counted_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    assert _client(f"http://127.0.0.1:{port}/v1").probe().startswith("unreachable")   # type: ignore[union-attr]
+    with serve(models=("served",)) as (url, state):
+        assert _client(url, model="served").probe() is None
+        assert "unknown model 'other'" in _client(url, model="other").probe()   # type: ignore[operator]
+        assert state.requests == 0
+    monkeypatch.setenv(ENV, "sk-wrong-key-000000000000")
+    with serve(api_key="sk-right") as (url, state):
+        assert "key was refused (HTTP 401)" in _client(url).probe()   # type: ignore[operator]
+
+
+def test_the_service_probes_once_and_stops_on_a_dead_endpoint() -> None:
+    with serve(models=("m",)) as (url, state):
+        live = _client(url)
+        svc = LLMService({"actor": RoleBinding(client=live), "judge": RoleBinding(client=_client(url))},
+                         preflight=True)
+        calls = []
+        real = live.probe
+        live.probe = lambda: calls.append(1) or real()  # type: ignore[method-assign]
+        svc.text("actor", [[ChatMessage(role="user", content="a")]])
+        svc.text("actor", [[ChatMessage(role="user", content="b")]])
+        assert calls == [1] and state.requests == 2
+        bad = LLMService({"actor": RoleBinding(client=live), "judge": RoleBinding(client=_client(url, model="x"))},
+                         preflight=True)
+        with pytest.raises(EndpointError, match=r"llm\.roles\.judge: openai_compat endpoint "
+                                                r"http://127\.0\.0\.1:\d+/v1 \(model 'x'\): unknown model"):
+            bad.text("actor", [[ChatMessage(role="user", content="c")]])
+        assert state.requests == 2, "a dead judge endpoint stops the run before the actor's call is bought"
