@@ -29,8 +29,8 @@ _LABELS: dict[str, dict[str, str]] = {
     "cn": {
         "user_needs": "用户需求分析",
         "risk_intent": "风险意图分析",
-        "safety_guidelines": "安全准则",
-        "strategies": "回复策略",
+        "safety_guidelines": "安全准则响应",
+        "strategies": "回复策略制定",
         "usefulness": "有用性策略",
         "safety": "安全策略",
     },

@@ -5,7 +5,7 @@ Which nodes a mode may change comes from config (`lingo_bp.unfrozen.<mode>`), no
 the paper figure's freezing, the public code's and any ablation are config choices. Two parts of a
 step are components inside the group: the strategy similarity of the minimal update
 (`lingo_bp/similarity=...`, csa/strategies.py) and the recombiner that turns an edited chain back into
-the actor's prompt (`lingo_bp/recombiner=...`, here).
+the actor's reasoning and answer (`lingo_bp/recombiner=natural | plan_as_system`, here).
 """
 from __future__ import annotations
 
@@ -39,20 +39,61 @@ MODES: tuple[str, ...] = tuple(m.value for m in LingoMode)
 
 @dataclass(frozen=True)
 class Recombiner:
-    """How a response is regenerated from an edited chain: the chain as reasoning text plus the actor's
-    conversation. The default renders the `recombine` prompt template (the plan as the system turn,
-    the query as the user turn), which is the paper's recombination."""
+    """How a response and its reasoning are regenerated from an edited chain (`lingo_bp/recombiner=...`).
+
+    The answer: the `recombine` template renders the chain as the plan in the actor's system turn, the
+    query is the user turn (the paper's recombination). The reasoning (`think`) of this option is the
+    chain's own rendering, `chain.render()`: a fixed template text. That is the `plan_as_system` option
+    (`lingo_bp/recombiner=plan_as_system`, "template"). Its weakness for preference data: the chosen side
+    then reasons in the template's format and the rejected (initial) side in the actor's own words, so
+    ORPO can learn the format instead of the content; `NaturalRecombiner` is the default for that reason.
+    """
 
     template: str = "recombine"    # a prompt template under csa/prompts/<lang>/; receives `plan`
 
-    def messages(self, chain: SafetyChain, query: str, lang: str) -> tuple[str, list[ChatMessage]]:
-        """(reasoning text, actor conversation) for one query; the collapsed no-risk chain for benign ones."""
-        think = chain.render(lang)
-        return think, [ChatMessage(role="system", content=render(self.template, lang, plan=think)),
-                       ChatMessage(role="user", content=query)]
+    def answer_messages(self, chain: SafetyChain, query: str, lang: str) -> list[ChatMessage]:
+        """The actor's conversation for the new answer (the collapsed no-risk chain for benign queries)."""
+        return [ChatMessage(role="system", content=render(self.template, lang, plan=chain.render(lang))),
+                ChatMessage(role="user", content=query)]
+
+    def fixed_think(self, chain: SafetyChain, lang: str) -> str | None:
+        """The reasoning text when it is not written by the actor; None: ask the actor (`think_messages`)."""
+        return chain.render(lang)
+
+    def think_messages(self, chain: SafetyChain, query: str, lang: str) -> list[ChatMessage]:
+        """The actor's conversation for its reasoning, when `fixed_think` is None."""
+        raise NotImplementedError(f"{type(self).__name__} renders its reasoning itself")
+
+    def messages(self, chain: SafetyChain, query: str, lang: str) -> tuple[str | None, list[ChatMessage]]:
+        """(fixed reasoning or None, answer conversation): both halves in one call."""
+        return self.fixed_think(chain, lang), self.answer_messages(chain, query, lang)
 
 
 register_component("lingo_bp/recombiner", "plan_as_system", Recombiner)
+
+
+@dataclass(frozen=True)
+class NaturalRecombiner(Recombiner):
+    """The actor writes both its reasoning and its answer, with the edited chain only as guidance.
+
+    As the authors' recombination prompt asks: reason naturally, as if unaware of any framework, never
+    naming its nodes. The answer comes from the `recombine` conversation; the reasoning is the backend's own
+    when it returns one with the answer (a thinking model), otherwise one more actor call with the
+    `recombine_think` template, the same two-call pattern the generate stage uses for the initial `think`.
+    So chosen and rejected sides of a pair both reason in the actor's words and differ only in content.
+    """
+
+    think_template: str = "recombine_think"   # prompt template of the reasoning call; receives `plan`
+
+    def fixed_think(self, chain: SafetyChain, lang: str) -> str | None:
+        return None
+
+    def think_messages(self, chain: SafetyChain, query: str, lang: str) -> list[ChatMessage]:
+        return [ChatMessage(role="system", content=render(self.think_template, lang, plan=chain.render(lang))),
+                ChatMessage(role="user", content=query)]
+
+
+register_component("lingo_bp/recombiner", "natural", NaturalRecombiner)
 
 
 @dataclass(frozen=True)

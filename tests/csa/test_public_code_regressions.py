@@ -132,14 +132,15 @@ def test_no_risk_collapsed_chain_never_reaches_the_recombination_prompt() -> Non
     clients, service = _world(cases)
     results = optimize_batch(service, _items(cases, chain=benign), _settings(["user"]))
     sent = [m.content for r in clients["actor"].requests for m in r.messages if m.role == "system"]
-    assert len(sent) == len(cases)
-    for res, system in zip(results, sent):
+    assert len(sent) == 2 * len(cases)          # the answer, then the actor's own reasoning (natural recombination)
+    for res, answer, reasoning in zip(results, sent[:len(cases)], sent[len(cases):]):
         chain = res.trace[1].chain
         assert chain is not None and chain.is_no_risk()
         collapsed = chain.collapsed().render("en")
-        assert collapsed in system and res.trace[1].think == chain.render("en")
-        assert "Risk intent" not in system and "Safety strategies" not in system
-        assert strategy("S1") in system                          # safety strategies merged, not lost
+        for system in (answer, reasoning):
+            assert collapsed in system
+            assert "Risk intent" not in system and "Safety strategies" not in system
+            assert strategy("S1") in system                      # safety strategies merged, not lost
 
 
 # §6.2 / §10.3 #11 -----------------------------------------------------------------------------------------
