@@ -131,6 +131,8 @@ def render_reply(qid: str, toks: list[str]) -> str:
 def _fill(schema: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, prop in schema.get("properties", {}).items():
+        options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]   # an optional field
+        prop = options[0] if options else prop
         if name in known:
             out[name] = known[name]
         elif "enum" in prop:

@@ -16,7 +16,7 @@ from typing import Any
 
 from oyster_exp.config.components import ge, register_component, rng
 from oyster_exp.config.errors import ConfigError
-from oyster_exp.csa.chain import NODE_NAMES, SafetyChain
+from oyster_exp.csa.chain import NODE_LABELS, NODE_NAMES, SafetyChain
 from oyster_exp.csa.prompts import render
 from oyster_exp.csa.records import TraceEntry
 from oyster_exp.csa.replies import EditReply, SafetyJudgement, UserJudgement
@@ -211,23 +211,51 @@ class Rejected:
     safety: float | None
 
 
+def assessment_view(judgement: UserJudgement | SafetyJudgement | None) -> list[tuple[str, object]]:
+    """Every field of a judge's validated reply, in schema order, empty ones left out: the editor's "gradient".
+
+    The whole structured assessment, not one sentence: the item scores say which part of the reply failed,
+    the auditor's user type, intent and adapted guideline say why. Generic over the fields, so a field a
+    reply schema gains reaches the editor without a template change.
+    """
+    if judgement is None:
+        return []
+    data = judgement.model_dump(exclude={"score"})
+    return [(k, v) for k, v in data.items() if v not in (None, "", [], {})]
+
+
+def guideline_update(mode: str, safety: SafetyJudgement | None, s: EditSettings) -> str:
+    """The auditor's adapted guideline when z_G (safety_guidelines) is unfrozen for `mode` and the mode
+    backpropagates the auditor's feedback, else "": with z_G frozen (the paper figure, the default) it
+    never changes, unfrozen it follows the auditor's case-adapted rule instead of the editor's rewording."""
+    if "safety_guidelines" not in s.unfrozen[mode] or safety is None:
+        return ""
+    return safety.adapted_guideline.strip()
+
+
 def edit_prompt(query: str, response: str, chain: SafetyChain, user: UserJudgement | None,
                 safety: SafetyJudgement | None, mode: str, lang: str, s: EditSettings,
                 rejected: Rejected | None = None) -> list[ChatMessage]:
     fb_user, fb_safety = feedback_for(mode, user, safety)
     text = render("edit", lang, query=query, response=response, plan=chain.editor_view(), user=fb_user,
-                  safety=fb_safety, mode=mode, max_changes=s.max_changes,
-                  unfrozen=[n for n in NODE_NAMES if n in s.unfrozen[mode]], rejected=rejected)
+                  safety=fb_safety, user_view=assessment_view(fb_user), safety_view=assessment_view(fb_safety),
+                  mode=mode, max_changes=s.max_changes, labels=NODE_LABELS["cn" if lang == "cn" else "en"],
+                  unfrozen=[n for n in NODE_NAMES if n in s.unfrozen[mode]], rejected=rejected,
+                  guideline_from_auditor=bool(guideline_update(mode, fb_safety, s)))
     return [ChatMessage(role="user", content=text)]
 
 
-def apply_edit(chain: SafetyChain, edit: EditReply, mode: str, s: EditSettings) -> SafetyChain:
-    """A new chain (the old one is never mutated): unfrozen nodes updated, strategies minimally."""
+def apply_edit(chain: SafetyChain, edit: EditReply, mode: str, s: EditSettings,
+               adapted_guideline: str = "") -> SafetyChain:
+    """A new chain (the old one is never mutated): unfrozen nodes updated, strategies minimally; an unfrozen
+    z_G takes `adapted_guideline` (the auditor's, see `guideline_update`) when one is given."""
     allowed = set(s.unfrozen[mode])
     data = chain.model_dump()
     for node in TEXT_NODES:
         if node in allowed and getattr(edit, node).strip():
             data[node] = getattr(edit, node).strip()
+    if "safety_guidelines" in allowed and adapted_guideline.strip():
+        data["safety_guidelines"] = adapted_guideline.strip()
     for node in LIST_NODES:
         if node in allowed:
             # argument order: the chain's current list is the base, the editor's list the proposal
@@ -253,5 +281,7 @@ def backprop(service: LLMService, items: list[EditItem], s: EditSettings) -> lis
     convs = [edit_prompt(it.query, it.response, it.chain, it.user, it.safety, it.mode, it.lang, s, it.rejected)
              for it in items]
     outs = service.structured("editor", convs, EditReply) if convs else []
-    return [Outcome(value=apply_edit(it.chain, o.value, it.mode, s), text=o.text) if o.value is not None
+    return [Outcome(value=apply_edit(it.chain, o.value, it.mode, s,
+                                     guideline_update(it.mode, feedback_for(it.mode, it.user, it.safety)[1], s)),
+                    text=o.text) if o.value is not None
             else Outcome(failure=o.failure, text=o.text) for it, o in zip(items, outs)]

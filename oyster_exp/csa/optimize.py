@@ -66,6 +66,8 @@ class QueryInput:
     category: str
     guideline: str
     posterior: dict[str, float] | None = None             # p(theta|x) from the assess stage
+    persona: str = ""                                     # the user's stated profile and task, when the query
+    task: str = ""                                        #   has them: both judges see them
 
 
 @dataclass
@@ -146,7 +148,8 @@ def _judge_drafts(service: LLMService, drafts: list[_Draft], s: LoopSettings) ->
     """Judge every candidate of every draft (one call per judge), keep the leader's choice per draft."""
     slots = [(d, j) for d in drafts for j in range(len(d.texts)) if d.failures[j] is None]
     items = [JudgeItem(query=d.state.item.query, response=d.texts[j], language=d.state.item.lang,
-                       category=d.state.item.category, guideline=d.state.item.guideline) for d, j in slots]
+                       category=d.state.item.category, guideline=d.state.item.guideline,
+                       persona=d.state.item.persona, task=d.state.item.task) for d, j in slots]
     users = judge_user(service, items) if items else []
     safeties = judge_safety(service, items) if items else []
     judged: dict[tuple[int, int], tuple[object, object]] = {

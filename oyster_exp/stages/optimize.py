@@ -63,7 +63,7 @@ class OptimizeStage(Stage):
     version = 3                            # 2: the auditor sees every assessed category's rules; 3: natural
                                            # recombination, judges with rubrics, the editor sees both assessments
     record_type = OptimizeRecord
-    inputs = ("generate", "assess", "extract")
+    inputs = ("generate", "assess", "extract", "queries")   # queries: the persona and task the judges see
     config_keys = ("llm.roles", "llm.max_retries", "lingo_bp", "stackelberg", "seed", "data.system_prompt",
                    "risk.taxonomy_path")
     unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
@@ -108,6 +108,7 @@ class OptimizeStage(Stage):
         tax = taxonomy_for(ctx.cfg)
         assess = {r.id: r for r in inputs["assess"]}
         chains = {r.id: r for r in inputs["extract"]}
+        queries = {r.id: r for r in inputs.get("queries", [])}
         todo: list[QueryInput] = []
         for g in inputs["generate"]:
             if g.id in journal:
@@ -122,9 +123,10 @@ class OptimizeStage(Stage):
             view = judge_item_for(g.query, "", g.language, a, tax)
             category, guideline = view.category, view.guideline
             posterior = getattr(a.assessment, "follower_posterior", None) if a.assessment else None
+            q = queries.get(g.id)
             todo.append(QueryInput(id=g.id, query=g.query, lang=g.language, think=g.think, response=g.response,
                                    chain=c.chain or SafetyChain(), category=category, guideline=guideline,
-                                   posterior=posterior))
+                                   posterior=posterior, persona=q.persona if q else "", task=q.task if q else ""))
         size = int(ctx.cfg.llm.chunk_size)
         for start in range(0, len(todo), size):
             optimize_batch(ctx.service, todo[start:start + size], s,

@@ -155,7 +155,7 @@ def test_both_mode_ignores_the_user_side_feedback() -> None:
     clients, service = _world(cases)
     results = optimize_batch(service, _items(cases), _settings(["both"], early_stop=None))
     for case, res, prompt in zip(cases, results, _prompts(clients["editor"])):
-        assert "User feedback" in prompt and "Safety feedback" in prompt
+        assert "user simulator's full assessment" in prompt and "safety auditor's full assessment" in prompt
         assert res.trace[0].user is not None and res.trace[0].user.suggestion in prompt
         added = tokens_of(res.trace[1].chain) - tokens_of(case.initial)  # type: ignore[arg-type]
         assert added & set(case.good_u), "the user-side edit was applied"
