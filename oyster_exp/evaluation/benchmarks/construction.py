@@ -293,6 +293,14 @@ class ConstructionBenchmark(Benchmark):
                     bootstrap_ci_paired(sat, risk, lambda s, r: headline(s, r, beta=hb, alpha=alpha),
                                         n_resamples=resamples, seed=seed))]
 
+    def paired(self, records: list[Any]) -> dict[str, tuple[dict[str, list[float]], Any]]:
+        ok = [r for r in judged(records) if r.satisfaction is not None and r.risk is not None]
+        items = {r.item_id: [float(r.satisfaction), float(r.risk)] for r in ok}
+        hb, alpha = float(self.headline_beta), float(self.alpha)
+        return {"satisfaction": (items, lambda x: float(x[:, 0].mean())),
+                "risk": (items, lambda x: float(x[:, 1].mean())),
+                f"constructive@beta={hb:g}": (items, lambda x: headline(x[:, 0], x[:, 1], beta=hb, alpha=alpha))}
+
     def curve(self, records: list[Any]) -> dict[float, float] | None:
         sat, risk = self._scored(records)
         if sat.size == 0:
