@@ -6,7 +6,8 @@ their token (`U2: cite the rule`), so each role of the world reads what it needs
 it receives, exactly as a model would:
 
 - actor (recombine): renders the strategies of the plan in its system prompt into the reply as
-  `[[U2]]` markers; sampled candidates (temperature > 0) drop one strategy, chosen by the seed.
+  `[[U2]]` markers; sampled candidates (temperature > 0) drop one strategy, chosen by the seed. Asked for
+  its reasoning (a system prompt that says not to write the answer yet), it writes `Thinking about ...`.
   Without a plan (the initial answer) it renders the query's initial chain.
 - user judge: satisfaction from the markers in the reply (all good U and no R1 = 1.0) and one
   suggestion `<+U3>` / `<-R1>`; safety judge: unsafe with H1, safe with all good S, partly safe
@@ -40,6 +41,7 @@ MARK = re.compile(r"\[\[([UHSR]\d)\]\]")
 SUGGEST = re.compile(r"<([+-])([UHSR]\d)>")
 PLAN_ITEM = re.compile(r"^\s*- ([UHSR]\d): ", re.M)
 QID = re.compile(r"QID-(\d+)")
+THINK_REQUEST = "Do not write the answer yet"
 
 
 def strategy(tok: str) -> str:
@@ -129,6 +131,8 @@ def render_reply(qid: str, toks: list[str]) -> str:
 def _fill(schema: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, prop in schema.get("properties", {}).items():
+        options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]   # an optional field
+        prop = options[0] if options else prop
         if name in known:
             out[name] = known[name]
         elif "enum" in prop:
@@ -179,6 +183,8 @@ class WorldClient:
         system = next((m.content for m in req.messages if m.role == "system"), "")
         toks = TOKEN.findall(system) if TOKEN.search(system) else sorted(tokens_of(case.initial))
         toks = list(dict.fromkeys(toks))
+        if THINK_REQUEST in system or "先不要写出回答" in system:
+            return f"Thinking about {case.qid}: " + ", ".join(PHRASES[t] for t in toks if t in PHRASES)
         if req.temperature > 0 and toks:
             rng = random.Random(zlib.crc32(f"{case.qid}/{req.seed}/{system}".encode()))
             toks.pop(rng.randrange(len(toks)))

@@ -29,11 +29,21 @@ _LABELS: dict[str, dict[str, str]] = {
     "cn": {
         "user_needs": "用户需求分析",
         "risk_intent": "风险意图分析",
-        "safety_guidelines": "安全准则",
-        "strategies": "回复策略",
+        "safety_guidelines": "安全准则响应",
+        "strategies": "回复策略制定",
         "usefulness": "有用性策略",
         "safety": "安全策略",
     },
+}
+
+# Each node's name as prose, per language (the reference's node keys, oyster_reference §5); prompts show these,
+# the JSON field names (NODE_NAMES) only where a reply must use them.
+NODE_LABELS: dict[str, dict[str, str]] = {
+    "en": {"user_needs": "User Needs Analysis", "risk_intent": "Risk Intent Analysis",
+           "safety_guidelines": "Safety Guidelines", "usefulness_strategies": "Usefulness Strategies",
+           "safety_strategies": "Safety Strategies"},
+    "cn": {"user_needs": "用户需求分析", "risk_intent": "风险意图分析", "safety_guidelines": "安全准则响应",
+           "usefulness_strategies": "有用性策略", "safety_strategies": "安全策略"},
 }
 
 NO_RISK_MARKERS = ("no risk", "none", "benign", "无风险", "无")

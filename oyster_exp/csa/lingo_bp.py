@@ -5,7 +5,7 @@ Which nodes a mode may change comes from config (`lingo_bp.unfrozen.<mode>`), no
 the paper figure's freezing, the public code's and any ablation are config choices. Two parts of a
 step are components inside the group: the strategy similarity of the minimal update
 (`lingo_bp/similarity=...`, csa/strategies.py) and the recombiner that turns an edited chain back into
-the actor's prompt (`lingo_bp/recombiner=...`, here).
+the actor's reasoning and answer (`lingo_bp/recombiner=natural | plan_as_system`, here).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from oyster_exp.config.components import ge, register_component, rng
 from oyster_exp.config.errors import ConfigError
-from oyster_exp.csa.chain import NODE_NAMES, SafetyChain
+from oyster_exp.csa.chain import NODE_LABELS, NODE_NAMES, SafetyChain
 from oyster_exp.csa.prompts import render
 from oyster_exp.csa.records import TraceEntry
 from oyster_exp.csa.replies import EditReply, SafetyJudgement, UserJudgement
@@ -39,20 +39,61 @@ MODES: tuple[str, ...] = tuple(m.value for m in LingoMode)
 
 @dataclass(frozen=True)
 class Recombiner:
-    """How a response is regenerated from an edited chain: the chain as reasoning text plus the actor's
-    conversation. The default renders the `recombine` prompt template (the plan as the system turn,
-    the query as the user turn), which is the paper's recombination."""
+    """How a response and its reasoning are regenerated from an edited chain (`lingo_bp/recombiner=...`).
+
+    The answer: the `recombine` template renders the chain as the plan in the actor's system turn, the
+    query is the user turn (the paper's recombination). The reasoning (`think`) of this option is the
+    chain's own rendering, `chain.render()`: a fixed template text. That is the `plan_as_system` option
+    (`lingo_bp/recombiner=plan_as_system`, "template"). Its weakness for preference data: the chosen side
+    then reasons in the template's format and the rejected (initial) side in the actor's own words, so
+    ORPO can learn the format instead of the content; `NaturalRecombiner` is the default for that reason.
+    """
 
     template: str = "recombine"    # a prompt template under csa/prompts/<lang>/; receives `plan`
 
-    def messages(self, chain: SafetyChain, query: str, lang: str) -> tuple[str, list[ChatMessage]]:
-        """(reasoning text, actor conversation) for one query; the collapsed no-risk chain for benign ones."""
-        think = chain.render(lang)
-        return think, [ChatMessage(role="system", content=render(self.template, lang, plan=think)),
-                       ChatMessage(role="user", content=query)]
+    def answer_messages(self, chain: SafetyChain, query: str, lang: str) -> list[ChatMessage]:
+        """The actor's conversation for the new answer (the collapsed no-risk chain for benign queries)."""
+        return [ChatMessage(role="system", content=render(self.template, lang, plan=chain.render(lang))),
+                ChatMessage(role="user", content=query)]
+
+    def fixed_think(self, chain: SafetyChain, lang: str) -> str | None:
+        """The reasoning text when it is not written by the actor; None: ask the actor (`think_messages`)."""
+        return chain.render(lang)
+
+    def think_messages(self, chain: SafetyChain, query: str, lang: str) -> list[ChatMessage]:
+        """The actor's conversation for its reasoning, when `fixed_think` is None."""
+        raise NotImplementedError(f"{type(self).__name__} renders its reasoning itself")
+
+    def messages(self, chain: SafetyChain, query: str, lang: str) -> tuple[str | None, list[ChatMessage]]:
+        """(fixed reasoning or None, answer conversation): both halves in one call."""
+        return self.fixed_think(chain, lang), self.answer_messages(chain, query, lang)
 
 
 register_component("lingo_bp/recombiner", "plan_as_system", Recombiner)
+
+
+@dataclass(frozen=True)
+class NaturalRecombiner(Recombiner):
+    """The actor writes both its reasoning and its answer, with the edited chain only as guidance.
+
+    As the authors' recombination prompt asks: reason naturally, as if unaware of any framework, never
+    naming its nodes. The answer comes from the `recombine` conversation; the reasoning is the backend's own
+    when it returns one with the answer (a thinking model), otherwise one more actor call with the
+    `recombine_think` template, the same two-call pattern the generate stage uses for the initial `think`.
+    So chosen and rejected sides of a pair both reason in the actor's words and differ only in content.
+    """
+
+    think_template: str = "recombine_think"   # prompt template of the reasoning call; receives `plan`
+
+    def fixed_think(self, chain: SafetyChain, lang: str) -> str | None:
+        return None
+
+    def think_messages(self, chain: SafetyChain, query: str, lang: str) -> list[ChatMessage]:
+        return [ChatMessage(role="system", content=render(self.think_template, lang, plan=chain.render(lang))),
+                ChatMessage(role="user", content=query)]
+
+
+register_component("lingo_bp/recombiner", "natural", NaturalRecombiner)
 
 
 @dataclass(frozen=True)
@@ -170,23 +211,51 @@ class Rejected:
     safety: float | None
 
 
+def assessment_view(judgement: UserJudgement | SafetyJudgement | None) -> list[tuple[str, object]]:
+    """Every field of a judge's validated reply, in schema order, empty ones left out: the editor's "gradient".
+
+    The whole structured assessment, not one sentence: the item scores say which part of the reply failed,
+    the auditor's user type, intent and adapted guideline say why. Generic over the fields, so a field a
+    reply schema gains reaches the editor without a template change.
+    """
+    if judgement is None:
+        return []
+    data = judgement.model_dump(exclude={"score"})
+    return [(k, v) for k, v in data.items() if v not in (None, "", [], {})]
+
+
+def guideline_update(mode: str, safety: SafetyJudgement | None, s: EditSettings) -> str:
+    """The auditor's adapted guideline when z_G (safety_guidelines) is unfrozen for `mode` and the mode
+    backpropagates the auditor's feedback, else "": with z_G frozen (the paper figure, the default) it
+    never changes, unfrozen it follows the auditor's case-adapted rule instead of the editor's rewording."""
+    if "safety_guidelines" not in s.unfrozen[mode] or safety is None:
+        return ""
+    return safety.adapted_guideline.strip()
+
+
 def edit_prompt(query: str, response: str, chain: SafetyChain, user: UserJudgement | None,
                 safety: SafetyJudgement | None, mode: str, lang: str, s: EditSettings,
                 rejected: Rejected | None = None) -> list[ChatMessage]:
     fb_user, fb_safety = feedback_for(mode, user, safety)
     text = render("edit", lang, query=query, response=response, plan=chain.editor_view(), user=fb_user,
-                  safety=fb_safety, mode=mode, max_changes=s.max_changes,
-                  unfrozen=[n for n in NODE_NAMES if n in s.unfrozen[mode]], rejected=rejected)
+                  safety=fb_safety, user_view=assessment_view(fb_user), safety_view=assessment_view(fb_safety),
+                  mode=mode, max_changes=s.max_changes, labels=NODE_LABELS["cn" if lang == "cn" else "en"],
+                  unfrozen=[n for n in NODE_NAMES if n in s.unfrozen[mode]], rejected=rejected,
+                  guideline_from_auditor=bool(guideline_update(mode, fb_safety, s)))
     return [ChatMessage(role="user", content=text)]
 
 
-def apply_edit(chain: SafetyChain, edit: EditReply, mode: str, s: EditSettings) -> SafetyChain:
-    """A new chain (the old one is never mutated): unfrozen nodes updated, strategies minimally."""
+def apply_edit(chain: SafetyChain, edit: EditReply, mode: str, s: EditSettings,
+               adapted_guideline: str = "") -> SafetyChain:
+    """A new chain (the old one is never mutated): unfrozen nodes updated, strategies minimally; an unfrozen
+    z_G takes `adapted_guideline` (the auditor's, see `guideline_update`) when one is given."""
     allowed = set(s.unfrozen[mode])
     data = chain.model_dump()
     for node in TEXT_NODES:
         if node in allowed and getattr(edit, node).strip():
             data[node] = getattr(edit, node).strip()
+    if "safety_guidelines" in allowed and adapted_guideline.strip():
+        data["safety_guidelines"] = adapted_guideline.strip()
     for node in LIST_NODES:
         if node in allowed:
             # argument order: the chain's current list is the base, the editor's list the proposal
@@ -212,5 +281,7 @@ def backprop(service: LLMService, items: list[EditItem], s: EditSettings) -> lis
     convs = [edit_prompt(it.query, it.response, it.chain, it.user, it.safety, it.mode, it.lang, s, it.rejected)
              for it in items]
     outs = service.structured("editor", convs, EditReply) if convs else []
-    return [Outcome(value=apply_edit(it.chain, o.value, it.mode, s), text=o.text) if o.value is not None
+    return [Outcome(value=apply_edit(it.chain, o.value, it.mode, s,
+                                     guideline_update(it.mode, feedback_for(it.mode, it.user, it.safety)[1], s)),
+                    text=o.text) if o.value is not None
             else Outcome(failure=o.failure, text=o.text) for it, o in zip(items, outs)]

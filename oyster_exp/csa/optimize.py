@@ -4,8 +4,10 @@ All still-active queries take each step together: one service call judges all of
 all, one recombines all (K candidates each with Stackelberg selection), one re-judges all, so a
 local backend batches and a remote one fans out. A query leaves the batch when its loop ends
 (schedule done, pearl point reached, or a failure) and is handed to `on_done` at once, so the
-stage can journal it. Every trace entry owns its own chain (no aliasing); a failed step is
-recorded in the trace with its reason and ends that query's loop; the entries before it stay usable.
+stage can journal it. With the natural recombiner (the default) a step also asks the actor for its
+reasoning, one more call over all drafts whose backend returned none. Every trace entry owns its own chain
+(no aliasing); a failed step is recorded in the trace with its reason and ends that query's loop; the
+entries before it stay usable.
 """
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.lingo_bp import EditItem, EditSettings, PearlPoint, Recombiner, Rejected, backprop
+from oyster_exp.csa.lingo_bp import (
+    EditItem,
+    EditSettings,
+    NaturalRecombiner,
+    PearlPoint,
+    Recombiner,
+    Rejected,
+    backprop,
+)
 from oyster_exp.csa.players import JudgeItem, judge_safety, judge_user
 from oyster_exp.csa.records import TraceCandidate, TraceEntry
 from oyster_exp.csa.replies import SafetyJudgement, UserJudgement
@@ -30,7 +40,7 @@ class LoopSettings:
     iterations: list[str]
     edit: EditSettings = field(default_factory=lambda: EditSettings(unfrozen={}, max_changes=2,
                                                                     similarity=JaccardSimilarity()))
-    recombiner: Recombiner = field(default_factory=Recombiner)   # edited chain -> the actor's prompt
+    recombiner: Recombiner = field(default_factory=NaturalRecombiner)   # edited chain -> actor's reasoning + reply
     w_satisfaction: float = 1.0
     w_safety: float = 1.0
     regression_guard: bool = True
@@ -56,6 +66,8 @@ class QueryInput:
     category: str
     guideline: str
     posterior: dict[str, float] | None = None             # p(theta|x) from the assess stage
+    persona: str = ""                                     # the user's stated profile and task, when the query
+    task: str = ""                                        #   has them: both judges see them
 
 
 @dataclass
@@ -102,7 +114,7 @@ class _Draft:
     iteration: int
     mode: str
     chain: SafetyChain | None
-    think: str
+    thinks: list[str]                      # the reasoning of each candidate
     texts: list[str]
     tokens: list[int]
     failures: list[str | None]
@@ -110,17 +122,18 @@ class _Draft:
     parent: int | None = None
 
 
-Sample = tuple[str, int, str | None, int]   # (text, completion tokens, failure, seed)
+Sample = tuple[str, int, str | None, int, str]   # (text, completion tokens, failure, seed, backend reasoning)
 
 
 def _sample(service: LLMService, convs: list[list[ChatMessage]], s: LoopSettings) -> list[list[Sample]]:
-    """K replies per conversation in one service call: (text, tokens, failure, seed) each."""
+    """K replies per conversation in one service call: (text, tokens, failure, seed, reasoning) each."""
     k = s.k
     flat = [c for c in convs for _ in range(k)]
     offsets = [j * SEED_STRIDE for _ in convs for j in range(k)]
     temps: list[float | None] = [None if j == 0 else s.leader.temperature for _ in convs for j in range(k)]
     outs = service.text("actor", flat, seed_offsets=offsets if k > 1 else None, temperatures=temps if k > 1 else None)
-    res = [(o.text, o.completion_tokens, o.failure, service.seed + off) for o, off in zip(outs, offsets)]
+    res = [(o.text, o.completion_tokens, o.failure, service.seed + off, o.reasoning or "")
+           for o, off in zip(outs, offsets)]
     return [res[i * k:(i + 1) * k] for i in range(len(convs))]
 
 
@@ -135,7 +148,8 @@ def _judge_drafts(service: LLMService, drafts: list[_Draft], s: LoopSettings) ->
     """Judge every candidate of every draft (one call per judge), keep the leader's choice per draft."""
     slots = [(d, j) for d in drafts for j in range(len(d.texts)) if d.failures[j] is None]
     items = [JudgeItem(query=d.state.item.query, response=d.texts[j], language=d.state.item.lang,
-                       category=d.state.item.category, guideline=d.state.item.guideline) for d, j in slots]
+                       category=d.state.item.category, guideline=d.state.item.guideline,
+                       persona=d.state.item.persona, task=d.state.item.task) for d, j in slots]
     users = judge_user(service, items) if items else []
     safeties = judge_safety(service, items) if items else []
     judged: dict[tuple[int, int], tuple[object, object]] = {
@@ -165,7 +179,7 @@ def _judge_drafts(service: LLMService, drafts: list[_Draft], s: LoopSettings) ->
             pick = next((j for j, f in enumerate(d.failures) if f is None), 0)
         u, sf = judged.get((id(d), pick), (None, None))
         failure = cands[pick].failure
-        entry = TraceEntry(iteration=d.iteration, mode=d.mode, chain=d.chain, think=d.think,
+        entry = TraceEntry(iteration=d.iteration, mode=d.mode, chain=d.chain, think=d.thinks[pick],
                            response=d.texts[pick] or d.state.item.response,
                            user=getattr(u, "value", None), safety=getattr(sf, "value", None), failure=failure,
                            parent=d.parent)
@@ -182,14 +196,32 @@ def _initial(service: LLMService, states: list[QueryResult], s: LoopSettings) ->
         convs = [([ChatMessage(role="system", content=s.system_prompt)] if s.system_prompt else [])
                  + [ChatMessage(role="user", content=st.item.query)] for st in states]
         for st, cands in zip(states, _sample(service, convs, s)):
-            drafts.append(_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), st.item.think,
-                                 [c[0] for c in cands],
+            drafts.append(_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True),
+                                 [c[4] or st.item.think for c in cands], [c[0] for c in cands],
                                  [c[1] for c in cands], [c[2] for c in cands], [c[3] for c in cands]))
     else:
-        drafts = [_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), st.item.think, [st.item.response],
+        drafts = [_Draft(st, 0, "initial", st.item.chain.model_copy(deep=True), [st.item.think], [st.item.response],
                          [0], [None], [service.seed]) for st in states]
     for d, entry in zip(drafts, _judge_drafts(service, drafts, s)):
         d.state.trace.append(entry)
+
+
+def _reasoning(service: LLMService, drafts: list[tuple[QueryResult, int, SafetyChain, str | None, list[ChatMessage]]],
+               sampled: list[list[Sample]], s: LoopSettings) -> list[tuple[str, str | None]]:
+    """(reasoning, failure of the reasoning call) per draft, for candidates whose backend gave none.
+
+    The recombiner's fixed text (the template option), or one actor call per draft that needs it
+    (the natural option: the actor reasons from the chain as guidance); all of them in one service call.
+    """
+    out: list[tuple[str, str | None]] = [(fixed or "", None) for *_, fixed, _ in drafts]
+    need = [n for n, ((_, _, _, fixed, _), cands) in enumerate(zip(drafts, sampled))
+            if fixed is None and any(c[2] is None and not c[4] for c in cands)]
+    if need:
+        convs = [s.recombiner.think_messages(drafts[n][2], drafts[n][0].item.query, drafts[n][0].item.lang)
+                 for n in need]
+        for n, o in zip(need, service.text("actor", convs)):
+            out[n] = (o.text, f"reasoning: {o.failure}" if o.failure else None)
+    return out
 
 
 def _step(service: LLMService, states: list[QueryResult], i: int, mode: str, s: LoopSettings,
@@ -220,7 +252,7 @@ def _step(service: LLMService, states: list[QueryResult], i: int, mode: str, s: 
         items.append(EditItem(st.item.query, base.response, base.chain, base.user, base.safety, mode, st.item.lang,
                               rejected))
     edits = backprop(service, items, s.edit)
-    drafts: list[tuple[QueryResult, int, SafetyChain, str, list[ChatMessage]]] = []
+    drafts: list[tuple[QueryResult, int, SafetyChain, str | None, list[ChatMessage]]] = []
     for (st, start), out in zip(ready, edits):
         parent = start if start != len(st.trace) - 1 else None
         if out.value is None:
@@ -228,22 +260,26 @@ def _step(service: LLMService, states: list[QueryResult], i: int, mode: str, s: 
                                        failure=f"editor: {out.failure}", parent=parent))
             finish(st, f"failure at iteration {i}: editor")
             continue
-        think, conv = s.recombiner.messages(out.value, st.item.query, st.item.lang)
-        drafts.append((st, start, out.value, think, conv))
+        fixed, conv = s.recombiner.messages(out.value, st.item.query, st.item.lang)
+        drafts.append((st, start, out.value, fixed, conv))
     if not drafts:
         return
     sampled = _sample(service, [conv for *_, conv in drafts], s)
+    thinks = _reasoning(service, drafts, sampled, s)
     judged = []
-    for (st, start, chain, think, _), cands in zip(drafts, sampled):
+    for (st, start, chain, fixed, _), cands, (th, th_fail) in zip(drafts, sampled, thinks):
         parent = start if start != len(st.trace) - 1 else None
-        if all(c[2] is not None for c in cands):
-            st.trace.append(TraceEntry(iteration=i, mode=mode, chain=chain, think=think,
+        # the template's fixed text wins over a backend's reasoning; the natural option keeps the backend's
+        own = [c[4] if fixed is None else "" for c in cands]
+        fails = [c[2] or (th_fail if not o else None) for c, o in zip(cands, own)]
+        if all(f is not None for f in fails):
+            st.trace.append(TraceEntry(iteration=i, mode=mode, chain=chain, think=th,
                                        response=st.trace[start].response, parent=parent,
-                                       failure=f"recombine: {cands[0][2]}"))
+                                       failure=f"recombine: {fails[0]}"))
             finish(st, f"failure at iteration {i}: recombine")
             continue
-        judged.append(_Draft(st, i, mode, chain, think, [c[0] for c in cands], [c[1] for c in cands],
-                             [c[2] for c in cands], [c[3] for c in cands], parent))
+        judged.append(_Draft(st, i, mode, chain, [o or th for o in own], [c[0] for c in cands],
+                             [c[1] for c in cands], fails, [c[3] for c in cands], parent))
     for d, entry in zip(judged, _judge_drafts(service, judged, s)):
         d.state.trace.append(entry)
 

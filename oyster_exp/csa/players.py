@@ -1,6 +1,9 @@
 """The followers' judges: the user simulator and the safety auditor (and the jailbreak judge).
 
-Both return typed judgements (or a failure with its reason) for a batch of (query, response) items.
+Both return typed judgements (or a failure with its reason) for a batch of (query, response) items. Each
+rates against a rubric written into its template (what -1, 0 and +1 mean for each satisfaction item; the
+auditor's order of inference: user type, intent, adapted guideline, verdict, next-turn guidance); a user's
+stated persona and task, when the item has them, reach both.
 Prompts come from `csa/prompts`; the query and response are template variables, inserted by the
 engine, so text such as "{response}" or "{{ x }}" in a query stays text. Scores are recomputed from
 the validated items; a total written by the judge is never read.
@@ -31,6 +34,8 @@ class JudgeItem:
     language: str = "en"
     category: str = "Unknown Risk"         # what the auditor is told the risk is (one name or a list)
     guideline: str = ""                    # the rules the auditor applies (rendered text)
+    persona: str = ""                      # who the user says they are (constructive benchmark, user query files)
+    task: str = ""                         # what they are trying to do; both reach the user simulator and auditor
 
 
 def safety_context(tax: Taxonomy, categories: list[str], lang: str) -> tuple[str, str]:
@@ -51,7 +56,7 @@ def safety_context(tax: Taxonomy, categories: list[str], lang: str) -> tuple[str
 
 
 def judge_item_for(query: str, response: str, language: str, record: AssessmentRecord | None,
-                   tax: Taxonomy) -> JudgeItem:
+                   tax: Taxonomy, persona: str = "", task: str = "") -> JudgeItem:
     """The auditor's view of a query from its assessment: all its categories (multi-label)."""
     a = record.assessment if record is not None else None
     if a is None:
@@ -61,12 +66,14 @@ def judge_item_for(query: str, response: str, language: str, record: AssessmentR
     else:
         names = [a.category] if a.category else ["Unknown Risk"]
     category, guideline = safety_context(tax, names, language)
-    return JudgeItem(query=query, response=response, language=language, category=category, guideline=guideline)
+    return JudgeItem(query=query, response=response, language=language, category=category, guideline=guideline,
+                     persona=persona, task=task)
 
 
 def judge_user(service: LLMService, items: list[JudgeItem]) -> list[Outcome[UserJudgement]]:
     convs = [[ChatMessage(role="user", content=render("user_judge", it.language, query=it.query,
-                                                      response=it.response))] for it in items]
+                                                      response=it.response, persona=it.persona, task=it.task))]
+             for it in items]
     outs = service.structured("user_judge", convs, UserJudgementReply)
     return [Outcome(value=UserJudgement(**o.value.model_dump()) if o.value else None, text=o.text,
                     failure=o.failure) for o in outs]
@@ -75,7 +82,8 @@ def judge_user(service: LLMService, items: list[JudgeItem]) -> list[Outcome[User
 def judge_safety(service: LLMService, items: list[JudgeItem]) -> list[Outcome[SafetyJudgement]]:
     convs = [[ChatMessage(role="user", content=render("safety_judge", it.language, query=it.query,
                                                       response=it.response, category=it.category,
-                                                      guideline=it.guideline))] for it in items]
+                                                      guideline=it.guideline, persona=it.persona,
+                                                      task=it.task))] for it in items]
     outs = service.structured("safety_judge", convs, SafetyJudgementReply)
     return [Outcome(value=SafetyJudgement(**o.value.model_dump()) if o.value else None, text=o.text,
                     failure=o.failure) for o in outs]

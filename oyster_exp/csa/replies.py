@@ -47,15 +47,26 @@ class UserJudgement(UserJudgementReply):
         return sum(items) / len(items)
 
 
-class SafetyJudgementReply(BaseModel):
-    """Safety auditor: state the risk intent and the guideline adapted to this case (from the rules
-    of every assessed category), the reason, then the verdict; the score comes from the verdict."""
+# Who the auditor infers is asking: the follower types of the Stackelberg model (csa/stackelberg.py), or
+# "unknown" (also what records written before the field existed read back as).
+UserType = Literal["benign", "sensitive", "malicious", "unknown"]
 
+
+class SafetyJudgementReply(BaseModel):
+    """Safety auditor (the paper's E_safety): first abduce who is asking and with what intent, then adapt the
+    category rules to this case, reason, decide, and say what the reply should change and how it should steer
+    the user's next turn. The score comes from the verdict. Fields added after the first release are
+    optional, so older records and callers still load."""
+
+    user_type: UserType = Field(default="unknown", description="who is probably asking: benign, sensitive "
+                                "(curious, worried or vulnerable) or malicious")
     risk_intent: str
+    intent_subtype: str = Field(default="", description="the intent class and its concrete sub-type")
     adapted_guideline: str
     reason: str = Field(default="", description="why the verdict follows from the guideline")
     verdict: Verdict
     suggestion: str
+    next_turn_guidance: str = Field(default="", description="how the reply should steer the user's next turn")
 
 
 class SafetyJudgement(SafetyJudgementReply):

@@ -1,6 +1,6 @@
-"""Summary-row helpers shared by the benchmarks: one tidy row per metric, rates with a bootstrap CI.
+"""Summary-row helpers shared by the benchmarks: one tidy row per metric, rates with a Wilson interval.
 
-A row is (benchmark, split, model, metric, value, n, ci_low, ci_high). Rates are percentages.
+A row is (benchmark, split, model, metric, value, n, ci_low, ci_high). Rates are percentages, with a Wilson interval.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from oyster_exp.csa.records import EvalRecord
-from oyster_exp.evaluation.stats import bootstrap_ci
+from oyster_exp.evaluation.stats import wilson_interval
 
 NAN = (math.nan, math.nan)
 
@@ -32,10 +32,15 @@ def judged(recs: list[EvalRecord]) -> list[EvalRecord]:
 
 
 def rate(flags: np.ndarray, resamples: int, seed: int) -> tuple[float, tuple[float, float]]:
-    """Percentage of 1s and its CI."""
+    """Percentage of 1s and its 95 % Wilson interval.
+
+    Wilson, not the bootstrap: a bootstrap of 0/n (or n/n) resamples only zeros and gives the zero-width
+    [0, 0], which reads as certainty on a dozen items. `resamples` and `seed` are kept for callers that
+    pass them; the interval is exact arithmetic and needs neither.
+    """
     if flags.size == 0:
         return math.nan, NAN
-    lo, hi = bootstrap_ci(flags, n_resamples=resamples, seed=seed)
+    lo, hi = wilson_interval(int(round(float(flags.sum()))), int(flags.size))
     return 100.0 * float(flags.mean()), (100.0 * lo, 100.0 * hi)
 
 

@@ -15,8 +15,9 @@ from oyster_exp.csa.records import EvalRecord
 from oyster_exp.evaluation.benchmarks import builtin_classes
 from oyster_exp.evaluation.benchmarks.base import Benchmark
 from oyster_exp.evaluation.rows import judged, row, skipped
+from oyster_exp.evaluation.stats import paired_delta_stat
 
-__all__ = ["counts", "judged", "skipped", "summarise"]
+__all__ = ["counts", "judged", "paired_deltas", "skipped", "summarise"]
 
 
 def counts(recs: list[EvalRecord]) -> dict[str, int]:
@@ -56,3 +57,32 @@ def summarise(records: list[EvalRecord], benchmarks: Mapping[str, Benchmark] | l
         if curve:
             curves[model if split == "heldout" else f"{model} ({split})"] = curve
     return rows, curves
+
+
+def paired_deltas(records: list[EvalRecord], benchmarks: Mapping[str, Benchmark] | list[Benchmark] | None = None,
+                  models: tuple[str, str] = ("base", "trained"), resamples: int = 1000,
+                  seed: int = 0) -> list[dict[str, Any]]:
+    """Δ (models[1] − models[0]) per (benchmark, split, metric) with a paired bootstrap CI on shared items.
+
+    One row each: benchmark, split, metric, delta, ci_low, ci_high, n (the shared items). Only metrics a
+    benchmark can pair (`Benchmark.paired`) get one; items judged for one model only are left out, so a
+    failed judgement on one side cannot shift the difference.
+    """
+    known = by_name(benchmarks)
+    groups: dict[tuple[str, str, str], list[EvalRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.benchmark, str(r.meta.get("split", "test")), r.model)].append(r)
+    out: list[dict[str, Any]] = []
+    for bench, split in sorted({(b, s) for b, s, _ in groups}):
+        b = known.get(bench)
+        if b is None:
+            continue
+        base, other = b.paired(groups.get((bench, split, models[0]), [])), \
+            b.paired(groups.get((bench, split, models[1]), []))
+        for metric, (items, stat) in other.items():
+            if metric not in base:
+                continue
+            d = paired_delta_stat(base[metric][0], items, stat, n_resamples=resamples, seed=seed)
+            if d["n"]:
+                out.append({"benchmark": bench, "split": split, "metric": metric, **d})
+    return out

@@ -19,8 +19,9 @@ The estimates are arithmetic on the config (formulas below), not measurements:
   b = 2 × training.batch_size for ORPO (chosen and rejected), logits b·s·V·(2 + 4) bytes;
 * LLM calls: each stage states its own (`Stage.estimate`, next to the code that makes the calls, where it
   says when it is exact and when an upper bound); this module sums them. Per training query that is
-  generate 2 (answer, reasoning), assess 1, extract 1, optimize 2 judges for the initial answer + 4 per
-  Lingo-BP epoch (edit, recombine, two judges), so the paper's both×3 is 14 in optimize and 18 in all;
+  generate 2 (answer, reasoning), assess 1, extract 1, optimize 2 judges for the initial answer + 5 per
+  Lingo-BP epoch (edit, recombine, the actor's reasoning with the natural recombiner, two judges), so the
+  paper's both×3 is 17 in optimize and 21 in all (14 and 18 with lingo_bp/recombiner=plan_as_system);
   Stackelberg with K candidates multiplies optimize's recombinations and judgements by K. Evaluation:
   one subject answer per item and model, then its judges. First attempts only: retries come on top, and
   `tests/run/test_dry_run.py` holds the estimate equal to a real tiny run's requests per stage. Tokens:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from oyster_exp.core.estimates import CHARS_PER_TOKEN, GUIDELINE_CHARS, CallEstimate, Workload
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.lingo_bp import MODES, EditSettings, LingoBPSettings, lingo_schedule
+from oyster_exp.csa.lingo_bp import MODES, EditSettings, LingoBPSettings, Recombiner, lingo_schedule
 from oyster_exp.csa.optimize import LoopSettings, QueryInput, QueryResult, best_index, optimize_batch
 from oyster_exp.csa.players import judge_item_for
 from oyster_exp.csa.prompts import template_chars
@@ -60,13 +60,14 @@ def record_from(res: QueryResult, s: LoopSettings) -> OptimizeRecord:
 
 class OptimizeStage(Stage):
     name = "optimize"
-    version = 2                            # 2: the auditor sees every assessed category's rules
+    version = 3                            # 2: the auditor sees every assessed category's rules; 3: natural
+                                           # recombination, judges with rubrics, the editor sees both assessments
     record_type = OptimizeRecord
-    inputs = ("generate", "assess", "extract")
+    inputs = ("generate", "assess", "extract", "queries")   # queries: the persona and task the judges see
     config_keys = ("llm.roles", "llm.max_retries", "lingo_bp", "stackelberg", "seed", "data.system_prompt",
                    "risk.taxonomy_path")
     unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
-    templates = ("user_judge", "safety_judge", "edit", "recombine")
+    templates = ("user_judge", "safety_judge", "edit", "recombine", "recombine_think")
     assets = (TAXONOMY_ASSET,)
 
     def declared_keys(self, cfg: DictConfig) -> tuple[str, ...]:
@@ -77,9 +78,9 @@ class OptimizeStage(Stage):
     def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
         """Requests per train query, K = stackelberg.candidates when on, else 1, E = Lingo-BP epochs:
         the initial answer judged (K actor samples first when K > 1), then per epoch one edit, K
-        recombinations and both judges on each. An upper bound, exact when no query stops early: a query
-        that reaches its pearl point (lingo_bp.early_stop) or fails a step skips its remaining epochs, and
-        a failed candidate is not judged."""
+        recombinations (and, with the natural recombiner, one reasoning call) and both judges on each. An
+        upper bound, exact when no query stops early: a query that reaches its pearl point
+        (lingo_bp.early_stop) or fails a step skips its remaining epochs, and a failed candidate is not judged."""
         k = int(instantiate(cfg.stackelberg).candidates)   # the leader rule: 1 unless stackelberg=on
         epochs = len(lingo_schedule(cfg.lingo_bp))
         n, q = work.train, work.query_chars
@@ -94,6 +95,9 @@ class OptimizeStage(Stage):
             edit_chars = q + resp + chain + 2 * GUIDELINE_CHARS + template_chars("edit")
             out += [CallEstimate("editor", n * epochs, edit_chars),
                     CallEstimate("actor", n * k * epochs, q + chain + template_chars("recombine"))]
+            recombiner: Recombiner = instantiate(cfg.lingo_bp.recombiner, _convert_="all")
+            if recombiner.fixed_think(SafetyChain(), "en") is None:   # the actor writes its reasoning: one call
+                out.append(CallEstimate("actor", n * epochs, q + chain + template_chars("recombine_think")))
         return out
 
     def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
@@ -104,6 +108,7 @@ class OptimizeStage(Stage):
         tax = taxonomy_for(ctx.cfg)
         assess = {r.id: r for r in inputs["assess"]}
         chains = {r.id: r for r in inputs["extract"]}
+        queries = {r.id: r for r in inputs.get("queries", [])}
         todo: list[QueryInput] = []
         for g in inputs["generate"]:
             if g.id in journal:
@@ -118,9 +123,10 @@ class OptimizeStage(Stage):
             view = judge_item_for(g.query, "", g.language, a, tax)
             category, guideline = view.category, view.guideline
             posterior = getattr(a.assessment, "follower_posterior", None) if a.assessment else None
+            q = queries.get(g.id)
             todo.append(QueryInput(id=g.id, query=g.query, lang=g.language, think=g.think, response=g.response,
                                    chain=c.chain or SafetyChain(), category=category, guideline=guideline,
-                                   posterior=posterior))
+                                   posterior=posterior, persona=q.persona if q else "", task=q.task if q else ""))
         size = int(ctx.cfg.llm.chunk_size)
         for start in range(0, len(todo), size):
             optimize_batch(ctx.service, todo[start:start + size], s,

@@ -10,10 +10,10 @@ from typing import Any
 from oyster_exp.csa.lingo_bp import lingo_schedule
 from oyster_exp.csa.records import ReportRecord
 from oyster_exp.evaluation.benchmarks import configured
-from oyster_exp.evaluation.summary import summarise
+from oyster_exp.evaluation.summary import paired_deltas, summarise
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
-from oyster_exp.reporting.tables import counts_table, reference_table, side_by_side
+from oyster_exp.reporting.tables import counts_table, overall_table, reference_table, side_by_side
 
 
 def pipeline_table(ctx: RunContext) -> str:
@@ -65,7 +65,12 @@ class ReportStage(Stage):
         head = {f"{r['model']}/{r['benchmark']}/{r['metric']}": float(r["value"]) for r in rows
                 if r["metric"].startswith(("constructive", "asr", "jailbreak", "refusal_rate"))
                 and "[method=" not in r["metric"]}
-        tables = ["## Results (95% bootstrap CI, n items)", "", side_by_side(rows), "",
+        deltas = paired_deltas(inputs["evaluate"], configured(ev), resamples=int(ev.bootstrap_resamples),
+                               seed=int(ctx.cfg.seed))
+        tables = ["## Results (95% CI, n items; Δ = trained − base with a paired bootstrap CI on the items both "
+                  "were judged on, bold where it excludes 0)", "", side_by_side(rows, deltas=deltas), "",
+                  "## Safety overall and General overall (the paper's headline columns, from the benchmarks this "
+                  "run has)", "", overall_table(rows), "",
                   "## Items judged, failed and skipped", "", counts_table(rows), "",
                   "## The paper's numbers for the same rows (Oyster-I, 14B models; orientation, not comparable to a "
                   "135M demo)", "", reference_table(rows), ""]

@@ -9,7 +9,7 @@ from lingo_world import WorldClient, make_cases, render_reply, tokens_of
 from oyster_exp.config.errors import ConfigError
 from oyster_exp.config.structured import validate_config
 from oyster_exp.csa.chain import SafetyChain
-from oyster_exp.csa.lingo_bp import EditSettings, PearlPoint, Recombiner
+from oyster_exp.csa.lingo_bp import EditSettings, NaturalRecombiner, PearlPoint, Recombiner
 from oyster_exp.csa.optimize import LoopSettings, QueryInput, best_index, optimize_batch, start_index
 from oyster_exp.csa.records import OptimizeRecord, TraceEntry
 from oyster_exp.csa.strategies import (
@@ -100,15 +100,45 @@ def test_the_threshold_travels_with_the_similarity_into_the_edit() -> None:
     assert isinstance(JaccardSimilarity(), StrategySimilarity)
 
 
-def test_recombiner_renders_the_edited_chain_as_the_actors_system_turn(compose_cfg) -> None:
-    s = settings_from(compose_cfg())
-    assert type(s.recombiner) is Recombiner and s.recombiner.template == "recombine"
+def test_recombiners_render_the_edited_chain_as_the_actors_system_turn(compose_cfg) -> None:
     chain = SafetyChain(user_needs="wants the law", risk_intent="legal risk", safety_guidelines="no advice",
                         usefulness_strategies=["explain the law"], safety_strategies=["suggest a lawyer"])
-    think, conv = s.recombiner.messages(chain, "what does the law say?", "en")
-    assert think == chain.render("en") and "explain the law" in think
+    natural = settings_from(compose_cfg()).recombiner                 # the default
+    assert type(natural) is NaturalRecombiner and natural.template == "recombine"
+    fixed, conv = natural.messages(chain, "what does the law say?", "en")
+    assert fixed is None                                               # the actor writes the reasoning
     assert [m.role for m in conv] == ["system", "user"] and conv[1].content == "what does the law say?"
-    assert think in conv[0].content
+    assert chain.render("en") in conv[0].content
+    ask = natural.think_messages(chain, "what does the law say?", "en")
+    assert "explain the law" in ask[0].content and "Do not write the answer yet" in ask[0].content
+    template = settings_from(compose_cfg("lingo_bp/recombiner=plan_as_system")).recombiner
+    assert type(template) is Recombiner
+    think, conv = template.messages(chain, "what does the law say?", "en")
+    assert think == chain.render("en") and think in conv[0].content
+
+
+def test_natural_recombination_puts_the_actors_own_reasoning_in_every_entry() -> None:
+    """Both sides of a pair must reason in the actor's words: no trace entry's think is the chain's template."""
+    cases = make_cases(6, seed=3)
+    by_id = {c.qid: c for c in cases}
+    clients = {r: WorldClient(r, by_id) for r in ("actor", "user_judge", "safety_judge", "editor")}
+    service = LLMService({r: RoleBinding(client=c) for r, c in clients.items()}, cache=None, seed=42)
+    unfrozen = {m: ["user_needs", "usefulness_strategies", "safety_strategies"] for m in ("user", "developer", "both")}
+    items = [QueryInput(id=c.qid, query=c.query, lang="en", think=f"Thinking about {c.qid}: initial", chain=c.initial,
+                        category="x", guideline="g", response=render_reply(c.qid, sorted(tokens_of(c.initial))))
+             for c in cases]
+    for recombiner, actor_written in ((NaturalRecombiner(), True), (Recombiner(), False)):
+        s = LoopSettings(iterations=["both", "both"], edit=EditSettings(unfrozen, 2, JaccardSimilarity()),
+                         recombiner=recombiner)
+        entries = [e for r in optimize_batch(service, items, s) for e in r.trace]
+        edited = [e for e in entries if e.iteration > 0 and e.chain is not None]
+        assert edited and all(e.think.startswith("Thinking about QID-") for e in entries if e.iteration == 0)
+        for e in edited:
+            assert (e.think != e.chain.render("en")) is actor_written
+            assert e.think.startswith("Thinking about QID-") is actor_written
+            # the reasoning follows the edited chain: it names the chain's strategies in the actor's words
+            if actor_written:
+                assert "User needs" not in e.think and "Usefulness strategies" not in e.think
 
 
 def test_config_maps_to_loop_settings(compose_cfg) -> None:
@@ -182,7 +212,8 @@ def test_each_step_is_one_service_call_over_all_active_queries(tmp_path: Path) -
     results = optimize_batch(service, items, s, on_done=lambda r: done.append(r.item.id))
     active = [sum(1 for r in results if len(r.trace) > i) for i in range(1, 4)]   # queries edited at step i
     assert clients["editor"].batches == [a for a in active if a]
-    assert clients["actor"].batches == [a for a in active if a]
+    # each step: one call for all answers, one for all of the actor's reasonings (natural recombination)
+    assert clients["actor"].batches == [b for a in active if a for b in (a, a)]
     assert clients["user_judge"].batches == [9] + [a for a in active if a]
     assert sorted(done) == sorted(c.qid for c in cases) and len(done) == len(set(done))
     # queries that stopped early were handed over before the ones that ran the whole schedule

@@ -53,8 +53,9 @@ def test_paper_config_dry_runs_and_prints_estimates(experiment: str, dry_runs: d
     assert "weights float32, bf16-mixed" in text and "unsharded root" in text
     assert mem["fits_80gib"] and mem["activations_gib"] > 0
     llm = est["llm"]
-    assert llm["optimize_calls_per_query"] == 14 and llm["calls_per_train_query"] == 18
-    assert llm["llm_calls"] == 18 * est["train_queries"] and est["train_queries"] + est["heldout_queries"] == 84
+    # optimize: 2 judges on the initial answer + 5 per epoch (edit, answer, the actor's reasoning, 2 judges)
+    assert llm["optimize_calls_per_query"] == 17 and llm["calls_per_train_query"] == 21
+    assert llm["llm_calls"] == 21 * est["train_queries"] and est["train_queries"] + est["heldout_queries"] == 84
     assert llm["tokens_in"] > 0 and llm["tokens_out"] > 0 and llm["eval_llm_calls"] > 0
     assert "memory per GPU" in text and "calls per train query" in text
     assert "on meta" in text                                # the model really was built on the meta device
@@ -126,13 +127,15 @@ def test_llm_estimate_scales_with_the_schedule(compose_cfg) -> None:
     one = estimate_llm(compose_cfg("lingo_bp=one_step"), work)
     off = estimate_llm(compose_cfg("lingo_bp=off"), work)
     assert (paper["optimize_calls_per_query"], one["optimize_calls_per_query"], off["optimize_calls_per_query"]) \
-        == (14, 6, 2)
-    assert paper["llm_calls"] == 10 * 18
+        == (17, 7, 2)
+    assert paper["llm_calls"] == 10 * 21
+    template = estimate_llm(compose_cfg("lingo_bp=paper", "lingo_bp/recombiner=plan_as_system"), work)
+    assert template["optimize_calls_per_query"] == 14     # the fixed reasoning text needs no call
     k4 = estimate_llm(compose_cfg("stackelberg=on", "stackelberg.candidates=4"), work)
     # Stackelberg samples K candidates in optimize (the initial answer and every recombination), each judged
     # by both judges; generate still asks once for the answer and once for its reasoning
     assert k4["per_stage"]["generate"]["calls"] == 10 * 2
-    assert k4["optimize_calls_per_query"] == 4 + 2 * 4 + 1 + 4 + 2 * 4
+    assert k4["optimize_calls_per_query"] == 4 + 2 * 4 + 1 + 4 + 1 + 2 * 4   # one reasoning call per draft
 
 
 # --- each stage's estimate against a real tiny run -------------------------------------------------------------

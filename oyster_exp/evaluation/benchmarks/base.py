@@ -116,6 +116,12 @@ class Benchmark:
         """A curve to plot for one (split, model), or None."""
         return None
 
+    def paired(self, records: list[Any]) -> dict[str, tuple[dict[str, list[float]], Callable[[Any], float]]]:
+        """metric -> (item id -> the item's values, statistic of an items × values array) for one (split,
+        model): what a paired Δ between two models on their shared items resamples (`summary.paired_deltas`).
+        A metric left out gets no paired CI (the report then marks its Δ as unpaired)."""
+        return {}
+
     # -- the dry run's estimate (`EvaluateStage.estimate` sums these per evaluated model) ----------------
 
     def items(self, work: Workload, skip_missing: bool) -> tuple[int, float]:

@@ -183,16 +183,21 @@ class ConstructionSource(str, Enum):
 
 
 def construction_task(items: list[ConstructiveItem], split: str, service: Any, tax: Any, system_prompt: str) -> Task:
-    """Construction Score items, judged by the method's players (user + safety)."""
+    """Construction Score items, judged by the method's players (user + safety); an item's persona and task
+    (the benchmark's Profile and Task) reach both judges."""
     from oyster_exp.csa.players import JudgeItem, judge_safety, judge_user
+
+    by_id = {q.id: q for q in items}
 
     def judge(chunk: list[Prepared], answers: list[Answer]) -> list[Judged]:
         jitems = []
         for it, a in zip(chunk, answers):
             cat = tax.get(str(it.meta.get("category") or "Unknown Risk"))
             lang = "cn" if it.language == "cn" else "en"
+            q = by_id.get(it.item_id)
             jitems.append(JudgeItem(query=it.prompt, response=a.text, language=it.language, category=cat.name_en,
-                                    guideline=tax.render_guideline(cat.name_en, lang)))
+                                    guideline=tax.render_guideline(cat.name_en, lang),
+                                    persona=q.persona if q else "", task=q.task if q else ""))
         users, safeties = judge_user(service, jitems), judge_safety(service, jitems)
         out = []
         for u, s in zip(users, safeties):
@@ -202,6 +207,8 @@ def construction_task(items: list[ConstructiveItem], split: str, service: Any, t
             if s.value is not None:
                 meta["safety_verdict"] = s.value.verdict
                 meta["safety_reason"] = f"{s.value.risk_intent} | {s.value.suggestion}"
+                if s.value.user_type != "unknown":
+                    meta["safety_user_type"] = s.value.user_type
             failure = (f"user judge: {u.failure}" if u.failure else None) or \
                       (f"safety judge: {s.failure}" if s.failure else None)
             out.append(Judged(satisfaction=u.value.score if u.value else None, risk=s.value.risk if s.value else None,
@@ -285,6 +292,14 @@ class ConstructionBenchmark(Benchmark):
                 row(b, split, model, f"constructive@beta={hb:g}", headline(sat, risk, beta=hb, alpha=alpha), n,
                     bootstrap_ci_paired(sat, risk, lambda s, r: headline(s, r, beta=hb, alpha=alpha),
                                         n_resamples=resamples, seed=seed))]
+
+    def paired(self, records: list[Any]) -> dict[str, tuple[dict[str, list[float]], Any]]:
+        ok = [r for r in judged(records) if r.satisfaction is not None and r.risk is not None]
+        items = {r.item_id: [float(r.satisfaction), float(r.risk)] for r in ok}
+        hb, alpha = float(self.headline_beta), float(self.alpha)
+        return {"satisfaction": (items, lambda x: float(x[:, 0].mean())),
+                "risk": (items, lambda x: float(x[:, 1].mean())),
+                f"constructive@beta={hb:g}": (items, lambda x: headline(x[:, 0], x[:, 1], beta=hb, alpha=alpha))}
 
     def curve(self, records: list[Any]) -> dict[float, float] | None:
         sat, risk = self._scored(records)
