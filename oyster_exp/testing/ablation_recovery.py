@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from oyster_exp.evaluation.stats import excludes_zero, paired_delta
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,22 +44,6 @@ COMPONENTS = (
     Component("pairs", "ablation_pairs", "pairs", "best_vs_initial", "best_vs_worst", "margin", +1,
               ("lingo_bp=paper",)),
 )
-
-
-def paired_bootstrap(diffs: list[float], resamples: int = 2000, level: float = 0.95, seed: int = 0
-                     ) -> tuple[float, float, float]:
-    """Mean of per-item differences with a percentile bootstrap CI over items (pairs resampled together)."""
-    from oyster_exp.evaluation import stats
-
-    fn = getattr(stats, "paired_bootstrap_ci", None)
-    if fn is not None:
-        res = fn(diffs, [0.0] * len(diffs), resamples=resamples, level=level, seed=seed)
-        return float(res.delta), float(res.low), float(res.high)
-    rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    lo, hi = means[int((1 - level) / 2 * resamples)], means[int((1 + level) / 2 * resamples) - 1]
-    return sum(diffs) / n, lo, hi
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -130,12 +115,12 @@ def recover(c: Component, url: str, queries: Path, out: Path, resamples: int) ->
     base, treat = arms[c.baseline], arms[c.treatment]
     malicious = malicious_posterior(base) | malicious_posterior(treat)
     mb, mt = arm_metrics(base, c.metric, malicious), arm_metrics(treat, c.metric, malicious)
-    shared = sorted(set(mb) & set(mt))
+    d = paired_delta(mb, mt, n_resamples=resamples)      # treatment - baseline on the shared queries
     row: dict[str, Any] = {"component": c.name, "metric": c.metric, "baseline": c.baseline, "treatment": c.treatment,
-                           "n": len(shared), "planted_sign": c.sign}
-    if len(shared) < 2:
+                           "n": d["n"], "planted_sign": c.sign}
+    if d["n"] < 2:
         return {**row, "effect": None, "ci": None, "recovered": False, "wall_s": round(time.perf_counter() - t0, 1)}
-    effect, lo, hi = paired_bootstrap([mt[q] - mb[q] for q in shared], resamples=resamples)
-    recovered = (lo > 0) if c.sign > 0 else (hi < 0)
-    return {**row, "effect": round(effect, 4), "ci": [round(lo, 4), round(hi, 4)], "recovered": recovered,
+    lo, hi = d["ci_low"], d["ci_high"]
+    recovered = excludes_zero(lo, hi) and (lo > 0) == (c.sign > 0)
+    return {**row, "effect": round(d["delta"], 4), "ci": [round(lo, 4), round(hi, 4)], "recovered": recovered,
             "wall_s": round(time.perf_counter() - t0, 1)}
