@@ -25,6 +25,8 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 log = logging.getLogger(__name__)
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 """What Lightning's launcher writes into the launching process's environment (and leaves there)."""
+CHILD_EXIT_TIMEOUT_S = 600
+"""How long rank 0 waits, after its own fit and export, for a child rank to finish its share and exit."""
 
 
 def _classes(paths: list[str]) -> set[type]:
@@ -243,18 +245,24 @@ def launched_ranks(trainer: Any) -> Iterator[None]:
         strategy._launcher = launcher = JobLauncher(launcher.cluster_environment, launcher.num_processes,
                                                     launcher.num_nodes)
     before = {k: os.environ.get(k) for k in _LAUNCH_ENV}
+    failed = True
     try:
         yield
+        failed = False
     finally:
         if isinstance(launcher, JobLauncher) and launcher.procs:
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
             for proc in launcher.procs:
-                try:
-                    proc.wait(timeout=600)
-                except subprocess.TimeoutExpired:
-                    log.warning("rank process %d still running after the fit; killing it", proc.pid)
+                if failed:  # a child would wait in a collective this rank never joins (until gloo's timeout)
                     proc.kill()
+                try:
+                    proc.wait(timeout=CHILD_EXIT_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    log.warning("rank process %d still running %d s after the fit; killing it", proc.pid,
+                                CHILD_EXIT_TIMEOUT_S)
+                    proc.kill()
+                    proc.wait()
             for key, value in before.items():
                 if value is None:
                     os.environ.pop(key, None)

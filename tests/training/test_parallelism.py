@@ -41,6 +41,10 @@ def test_cpu_parallel_configs_build_the_gpu_launch_path(compose_cfg, option: str
         assert isinstance(trainer.strategy, ShardedStrategy)
         assert isinstance(trainer.strategy.precision_plugin, ClippingFSDPPrecision)
         assert cfg.trainer.gradient_clip_val == 1.0          # inherited from cpu.yaml, and it must work
+    from oyster_exp.training.callbacks import SampleGenerationTable
+
+    # one rank alone cannot generate from a sharded model: the W&B sample table must skip, not hang
+    assert SampleGenerationTable([], 1)._sharded(trainer) == (option == "fsdp_cpu")
 
 
 def test_clipping_plugin_without_its_root_says_so() -> None:
