@@ -4,8 +4,9 @@ a resume, with gradient clipping on, to an export equal to the single process's 
 
 Same data argument as test_ddp_cpu.py: each rank's batch of 1 is half of the single process's batch of
 2 and the chosen answers have equal token counts, so only float order (the sharded reduce-scatter, the
-gathered norm) differs. Tolerances, stated: per-step loss and gradient norm within a relative 1e-5,
-weights within 1e-4 absolute (measured: ~2e-7 relative, ~4e-6 absolute for full fine-tuning).
+gathered norm) differs. Tolerances, stated: per-step loss within a relative 1e-5, the gradient norm before
+clipping within 1e-4 relative, weights within 1e-4 absolute (measured for full fine-tuning: loss ~2e-7,
+norm ~5e-6 relative, weights ~4e-6 absolute).
 
 The killed run is resumed from `last.ckpt` written at step 4: as a full state dict (gathered on rank 0,
 one file) in the first test, as a sharded one (a directory, one shard per rank, nothing gathered) in the
@@ -23,7 +24,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-RTOL, WEIGHT_ATOL = 1e-5, 1e-4
+RTOL = {"losses": 1e-5, "grad_norms": 1e-4}
+WEIGHT_ATOL = 1e-4
 KILL_AT = 5                      # steps 1..5 run, then SIGKILL; last.ckpt holds step 4 (every 2 steps)
 
 
@@ -57,7 +59,7 @@ def _assert_same_trajectory(run: Path, single: Path) -> dict[int, list[float]]:
         # steps 1-5 ran before the kill, the resume restarted after step 4: only step 5 ran twice
         assert [len(mine[s]) for s in sorted(mine)] == [2 if s == KILL_AT else 1 for s in range(1, 11)], name
         for step, (value,) in ref.items():
-            assert all(abs(v - value) <= RTOL * abs(value) for v in mine[step]), (name, step, mine[step], value)
+            assert all(abs(v - value) <= RTOL[name] * abs(value) for v in mine[step]), (name, step, mine[step], value)
     a, b = torch.load(run / "weights.pt"), torch.load(single / "weights.pt")
     assert sorted(a) == sorted(b)
     assert max(float((a[k] - b[k]).abs().max()) for k in b) <= WEIGHT_ATOL

@@ -101,3 +101,34 @@ def test_rebuilt_lora_model_is_the_merge_of_the_gathered_adapter(tiny_model_dir:
     assert max(float((rebuilt[k] - expected[k]).abs().max()) for k in expected) <= 1e-6
     with pytest.raises(RuntimeError, match="LoRA"):
         rebuilt_from_state(tiny_model_dir, {k: v for k, v in state.items() if "lora_" not in k}, lora=lora)
+
+
+def test_a_sweep_arm_relaunches_its_ranks_as_that_arm_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning re-ran `sys.argv` (with `-m` and the sweep's value lists) in each child rank; the child must
+    compose exactly this arm, in this arm's directory."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    import oyster_exp.run.cli  # noqa: F401 - registers the schema and resolvers
+    from oyster_exp.training.parallelism import relaunch_command
+
+    arm = ["trainer=ddp_cpu", "objective.beta=0.2"]
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=arm, return_hydra_config=True)
+    arm_dir = tmp_path / "sweep" / "1"
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.runtime.output_dir = str(arm_dir)
+        cfg.hydra.runtime.cwd = str(tmp_path)
+    monkeypatch.setattr("sys.argv", ["oyster-exp", "-m", "trainer=ddp_cpu", "objective.beta=0.1,0.2"])
+    HydraConfig.instance().set_config(cfg)
+    try:
+        command, cwd = relaunch_command(1)
+    finally:
+        HydraConfig.instance().cfg = None
+    tail = command[command.index("--config-name=config") + 1:]
+    assert tail == [*arm, f'hydra.run.dir="{arm_dir}"', "hydra.job.name=train_ddp_process_1",
+                    "hydra.output_subdir=null"]
+    assert "-m" not in command[3:] and cwd == str(tmp_path)
