@@ -77,8 +77,9 @@ class SampleGenerationTable(L.Callback):
         self.logged = 0
 
     def _sharded(self, trainer: L.Trainer) -> bool:
-        name = type(trainer.strategy).__name__
-        return "FSDP" in name or "DeepSpeed" in name
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+        return isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy))  # ours subclass FSDPStrategy
 
     @torch.no_grad()
     def rows(self, pl_module: L.LightningModule, step: int) -> list[list[Any]]:

@@ -136,12 +136,27 @@ def _prefix_states(decoder: Any,
     return out.last_hidden_state[0], [(layer.keys, layer.values) for layer in cache.layers]
 
 
+def checkpointed(decoder: Any) -> bool:
+    """Does any layer of `decoder` recompute its forward in backward (activation checkpointing)?
+
+    Two ways in: transformers' own (`gradient_checkpointing` set on the layers it wraps) and a wrapper
+    module around each layer, which is how FSDP's activation checkpointing (Lightning's
+    `activation_checkpointing_policy`, `apply_activation_checkpointing`) does it and which sets no flag.
+    """
+    try:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+    except ImportError:  # pragma: no cover - torch builds without distributed
+        CheckpointWrapper = ()
+    return any(bool(getattr(m, "gradient_checkpointing", False)) or isinstance(m, CheckpointWrapper)
+               for m in decoder.modules())
+
+
 def _unpadded_hidden(decoder: Any, input_ids: torch.Tensor, lengths: list[int], needed: list[bool],
                      pair_offset: int | None) -> dict[int, torch.Tensor]:
     """Last hidden states per needed sequence, each run at its own length; sequence i and i+pair_offset
     share the forward pass of their common prefix."""
     hidden: dict[int, torch.Tensor] = {}
-    if pair_offset and any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules()):
+    if pair_offset and checkpointed(decoder):
         pair_offset = None  # checkpointed layers drop the cache (a replayed write would double it)
     if pair_offset:
         for i in range(min(pair_offset, len(lengths) - pair_offset)):

@@ -7,7 +7,7 @@ loads with a plain `AutoModelForCausalLM.from_pretrained`, plus tokenizer and a 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,38 @@ def merged_for_export(model: Any, base_path: str | Path | None = None) -> Any:
         set_peft_model_state_dict(fresh, adapter)
         return fresh.merge_and_unload()
     return model.merge_and_unload()
+
+
+def rebuilt_from_state(base_path: str | Path, state: dict[str, torch.Tensor], dtype: str | torch.dtype = "float32",
+                       lora: LoraSettings | None = None) -> Any:
+    """A plain transformers model (LoRA merged) holding the trained weights `state`, built on this process.
+
+    For a model whose training copy is sharded (FSDP) and cannot save itself from one rank: `state` is
+    the full state dict gathered from every rank, keyed like the training model's own `state_dict()`.
+    Full fine-tuning loads every weight into the base checkpoint; LoRA and QLoRA load only the adapter
+    weights (the base stays as it was loaded: frozen) into a full-precision copy and merge them there,
+    so QLoRA never re-quantises. A key that fails to load is an error, never a silently stale weight.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if lora is None:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=_dtype(dtype))
+        aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - \
+            {n for n, _ in model.named_parameters()}  # tied weights: one tensor under two names
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - aliases:
+            raise RuntimeError(f"gathered weights do not fit {base_path}: missing {sorted(set(missing) - aliases)[:3]}"
+                               f", unexpected {sorted(unexpected)[:3]}")
+        return model
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=_dtype(lora.compute_dtype if lora.quantized
+                                                                        else dtype))
+    fresh = apply_lora(base, replace(lora, quantization="none"))
+    adapter = {k: v for k, v in state.items() if "lora_" in k}
+    missing, unexpected = fresh.load_state_dict(adapter, strict=False)
+    if not adapter or unexpected or any("lora_" in k for k in missing):
+        raise RuntimeError(f"gathered LoRA weights do not fit the adapter: {len(adapter)} given, "
+                           f"unexpected {sorted(unexpected)[:3]}, missing {[k for k in missing if 'lora_' in k][:3]}")
+    return fresh.merge_and_unload()
 
 
 def _plain(obj: Any) -> Any:

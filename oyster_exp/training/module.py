@@ -16,7 +16,13 @@ import torch
 
 from oyster_exp.training.forward import output_head, scored_token_logps, stack_padded
 from oyster_exp.training.losses import IGNORE, sequence_logps, token_nll
-from oyster_exp.training.model_setup import LoraSettings, export_pretrained, load_causal_lm, model_card
+from oyster_exp.training.model_setup import (
+    LoraSettings,
+    export_pretrained,
+    load_causal_lm,
+    model_card,
+    rebuilt_from_state,
+)
 from oyster_exp.training.objectives import ORPOLoss, TrainingLoss
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -163,16 +169,27 @@ class PreferenceModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def export(self, out_dir: Path, card_config: dict[str, Any] | None = None,
-               metrics: dict[str, float] | None = None) -> Path:
+               metrics: dict[str, float] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write a `from_pretrained`-loadable directory: weights (LoRA merged), tokenizer, a README card.
 
         The card records the objective, the final metrics and `card_config` (e.g. the resolved Hydra
         config, secrets already stripped) as YAML, so the model carries its own provenance. A LoRA
         model is merged in place, so `self.model` is the plain merged model afterwards.
+
+        `state` is this module's full state dict gathered from the ranks of a sharded run
+        (`parallelism.gathered_state_dict`): then the weights are saved from a copy rebuilt from it,
+        because the sharded `self.model` holds only this rank's slice, and `self.model` stays as it is.
         """
         summary = (f"Trained with `{self.loss.describe()}` from `{self.hparams['model_path']}`"
                    + (f", LoRA r={self.hparams['lora']['r']} merged." if self.hparams.get("lora") else "."))
         card = model_card(summary, self.loss.name, metrics, card_config)
+        if state is not None:
+            lora = self.hparams.get("lora")
+            weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+            rebuilt = rebuilt_from_state(self.hparams["model_path"], weights, dtype=self.hparams["dtype"],
+                                         lora=None if lora is None else LoraSettings(**lora))
+            export_pretrained(rebuilt, self.tokenizer, Path(out_dir), card)
+            return Path(out_dir)
         self.model = export_pretrained(self.model, self.tokenizer, Path(out_dir), card,
                                        base_path=self.hparams["model_path"])
         return Path(out_dir)

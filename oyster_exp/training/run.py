@@ -14,6 +14,7 @@ import torch
 
 from oyster_exp.training.data import PreferenceDataModule
 from oyster_exp.training.module import PreferenceModule
+from oyster_exp.training.parallelism import gathered_state_dict, launched_ranks
 
 log = logging.getLogger(__name__)
 LAST_CKPT = "last.ckpt"
@@ -80,8 +81,9 @@ def fit_preference_model(module: PreferenceModule, datamodule: PreferenceDataMod
                          ckpt_path: Path | str | None = None) -> dict[str, float]:
     """Train (from `ckpt_path` when given), then export the model with a card holding `card_config` and metrics.
 
-    Only global rank 0 writes the export (every rank holds the same weights under DDP); the others
-    wait at a barrier so no rank returns before the directory is complete.
+    Only global rank 0 writes the export; the others wait at a barrier so no rank returns before the
+    directory is complete. A sharded model (FSDP) is first gathered by every rank together, since no
+    rank holds all of it (a rank-0-only `save_pretrained` would wait forever for the others).
     """
     if ckpt_path is not None:
         log.info("resuming training from %s", ckpt_path)
@@ -90,8 +92,9 @@ def fit_preference_model(module: PreferenceModule, datamodule: PreferenceDataMod
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
     metrics = final_metrics(trainer)
+    state = gathered_state_dict(trainer)
     if trainer.is_global_zero:
-        module.export(Path(export_dir), card_config=card_config, metrics=metrics)
+        module.export(Path(export_dir), card_config=card_config, metrics=metrics, state=state)
     trainer.strategy.barrier("oyster_exp.export")
     return metrics
 
@@ -129,8 +132,9 @@ def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule,
         callbacks += [AtomicLastCheckpoint(ckpt_dir, checkpoint_every_n_steps), WandbRunIdBesideCheckpoint(ckpt_dir)]
     trainer = build_trainer(trainer_node, logger=loggers or False, callbacks=callbacks,
                             enable_checkpointing=checkpoint_every_n_steps > 0, **trainer_kwargs)
-    metrics = fit_preference_model(module, datamodule, trainer, Path(export_dir), card_config=card_config,
-                                   ckpt_path=ckpt_path)
+    with launched_ranks(trainer):
+        metrics = fit_preference_model(module, datamodule, trainer, Path(export_dir), card_config=card_config,
+                                       ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics, trainer

@@ -108,7 +108,7 @@ GROUP_OPTIONS = {
     "stackelberg": ["off", "on"], "risk": ["full", "category_only", "no_follower_types"],
     "lingo_bp": ["off", "one_step", "paper", "user_only", "developer_only", "safety_then_satisfaction"],
     "pairs": ["best_vs_initial", "best_vs_worst", "all_improving", "refusal_as_rejected"],
-    "trainer": ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "deepspeed"],
+    "trainer": ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "fsdp_cpu", "deepspeed"],
     "eval": ["quick", "full", "paper"], "llm": ["local", "openai", "dashscope_qwq"],
 }
 

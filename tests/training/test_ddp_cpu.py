@@ -1,5 +1,5 @@
-"""`trainer=ddp_cpu`: two real gloo processes (ddp_spawn) train the tiny model, batch 1 each, and follow the
-loss curve of one process with batch 2 (the same global batch).
+"""`trainer=ddp_cpu`: two real gloo processes (re-launched ranks, as `trainer=ddp` on GPUs) train the tiny model,
+batch 1 each, and follow the loss curve of one process with batch 2 (the same global batch).
 
 The data module shards each epoch's permutation by rank, so without length bucketing the two ranks'
 batches at a step are exactly the single process's batch; the chosen answers have equal token counts,
