@@ -4,8 +4,9 @@ Why our own: the released `hydra-optuna-sweeper` (1.3.0, the last on PyPI) pins 
 SQLAlchemy below 2. Ask-and-tell needs nothing of a plugin: ask Optuna for a batch of trials, launch
 them as Hydra jobs with the configured launcher (basic, joblib, Slurm), tell each its return value.
 
-The search space uses Hydra's sweep grammar, as the old plugin did: `interval(a, b)` is a float range
-(ints for int bounds), `tag(log, interval(a, b))` log-uniform, `choice(...)` and `range(...)` categorical.
+The search space uses Hydra's sweep grammar, as the old plugin did: `interval(a, b)` is a float range,
+`tag(int, interval(a, b))` an int range, `tag(log, interval(a, b))` log-uniform, `choice(...)` and
+`range(...)` categorical.
 Sweep overrides on the command line join the space; plain ones are passed to every trial.
 
 A study lives in `storage` (sqlite under the cache) under `study_name`: the same command again adds
@@ -33,13 +34,13 @@ RESULTS_FILE = "optimization_results.yaml"
 
 
 def distribution(override: Override) -> Any:
-    """The Optuna distribution of one sweep override (`interval`, `tag(log, interval)`, `choice`, `range`)."""
+    """The Optuna distribution of one sweep override (`interval`, `tag(log|int, interval)`, `choice`, `range`)."""
     import optuna.distributions as D
 
     value = override.value()
     if isinstance(value, IntervalSweep):
         log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
+        if "int" in value.tags:                       # Hydra reads interval bounds as floats
             return D.IntDistribution(int(value.start), int(value.end), log=log_scale)
         return D.FloatDistribution(float(value.start), float(value.end), log=log_scale)
     if isinstance(value, (ChoiceSweep, RangeSweep)):
@@ -52,16 +53,17 @@ def search_space(params: dict[str, Any] | None, arguments: list[str]) -> tuple[d
     """(distributions by key, fixed overrides) from the sweeper's `params` and the command line."""
     parser = OverridesParser.create()
     space: dict[str, Any] = {}
-    fixed: list[str] = []
-    for o in parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()]):
-        space[o.get_key_element()] = distribution(o)
-    for o in parser.parse_overrides(arguments):
+    fixed: dict[str, str] = {}               # a plain value in `params` is passed to every trial
+    for o in [*parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()]),
+              *parser.parse_overrides(arguments)]:
+        key = o.get_key_element()
+        space.pop(key, None)
+        fixed.pop(key, None)
         if o.is_sweep_override():
-            space[o.get_key_element()] = distribution(o)
+            space[key] = distribution(o)
         else:
-            space.pop(o.get_key_element(), None)
-            fixed.append(o.input_line)
-    return space, fixed
+            fixed[key] = o.input_line
+    return space, list(fixed.values())
 
 
 def open_storage(url: str | None) -> Any:
@@ -117,10 +119,22 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
 
-    def _sampler(self) -> Any:
+    def _sampler(self, done: int = 0) -> Any:
+        """The sampler, its seed moved on by the trials the study already has.
+
+        A seeded sampler built afresh by each run of the same command would replay the same random
+        start-up suggestions, so a resumed study would propose its first trials again (and the sweep
+        would skip them as finished arms). Seed + number of earlier trials keeps it reproducible and new.
+        """
         from hydra.utils import instantiate
 
-        return instantiate(self.sampler_node) if self.sampler_node is not None else None
+        node = self.sampler_node
+        if not (OmegaConf.is_config(node) or isinstance(node, dict)):
+            return node                      # built by Hydra already (a config without `_recursive_: false`)
+        node = OmegaConf.create(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+        if done and node.get("seed") is not None:
+            node.seed = int(node.seed) + done
+        return instantiate(node)
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
@@ -131,6 +145,8 @@ class OptunaSweeper(Sweeper):
             raise ValueError("hydra.sweeper.params: no parameter to search")
         study = optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage),
                                     sampler=self._sampler(), direction=self.direction, load_if_exists=True)
+        if (done := len(study.get_trials(deepcopy=False))) > 0:
+            study.sampler = self._sampler(done)
         stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
         for t in stale:      # left running by a killed sweep of this study
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)

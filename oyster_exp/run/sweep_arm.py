@@ -201,8 +201,8 @@ def _limit_threads() -> None:
 
 
 def _returned(value: float) -> float | None:
-    """None for a failed arm or a missing objective: Optuna's sweeper then marks the trial failed (a NaN
-    return makes hydra-optuna-sweeper 1.3 crash the study on optuna 2.10)."""
+    """None for a failed arm or a missing objective: the Optuna sweeper then marks the trial failed (it reads
+    NaN the same way; None also keeps other sweepers that would choke on NaN going)."""
     return value if math.isfinite(value) else None
 
 
