@@ -62,6 +62,12 @@ def progress_bar_wanted() -> bool:
         return False
 
 
+def progress_bar_for(trainer_node: Any) -> bool:
+    """`trainer.enable_progress_bar` when set, else whether stdout is a terminal."""
+    value = trainer_node.get("enable_progress_bar") if hasattr(trainer_node, "get") else None
+    return progress_bar_wanted() if value is None else bool(value)
+
+
 def last_checkpoint(ckpt_dir: Path | None, resume: str) -> Path | None:
     """`ckpt_dir/last.ckpt` when `resume == "auto"` and a complete one exists (saves are atomic)."""
     if ckpt_dir is None or str(getattr(resume, "value", resume)) != "auto":
@@ -135,10 +141,7 @@ def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule,
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if (node_bar := trainer_node.get("enable_progress_bar") if hasattr(trainer_node, "get") else None) is None:
-        trainer_kwargs.setdefault("enable_progress_bar", progress_bar_wanted())
-    else:
-        trainer_kwargs.setdefault("enable_progress_bar", bool(node_bar))
+    trainer_kwargs.setdefault("enable_progress_bar", progress_bar_for(trainer_node))
     if checkpoint_every_n_steps > 0:
         callbacks += [AtomicLastCheckpoint(ckpt_dir, checkpoint_every_n_steps), WandbRunIdBesideCheckpoint(ckpt_dir)]
     trainer = build_trainer(trainer_node, logger=loggers or False, callbacks=callbacks,
