@@ -50,7 +50,7 @@ def log_stage_artifact(loggers: list[Any], *, name: str, kind: str, paths: list[
 
     out = []
     for lg in wandb_loggers(loggers):
-        if not getattr(lg, "artifact_types", {}).get(kind, True):     # ArtifactWandbLogger's log_model/log_dataset
+        if hasattr(lg, "logs_artifact") and not lg.logs_artifact(kind):   # ArtifactWandbLogger's log_model/log_dataset
             continue
         try:
             art = wandb.Artifact(artifact_name(name), type=kind, metadata=metadata or {})
