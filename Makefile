@@ -10,12 +10,16 @@ export TRL_EXPERIMENTAL_SILENCE := 1
 
 .PHONY: run test test-all test-fast lint setup model clean-outputs
 
-# lm_eval: ~20 s more on a cold cache, pure-Python only, so the tests cover the capability path
+# The extras `make setup` installs: what `make run` and every CPU test of `make test` need (dev: pytest, lint,
+# trl as the tests' ORPO oracle; optuna: the optuna_orpo study; lm_eval: ~20 s more on a cold cache, pure
+# Python, so the tests cover the capability path). `make setup EXTRAS=` installs the runtime alone;
+# slurm and qlora (CUDA) are never installed by default.
+EXTRAS ?= dev,optuna,lm_eval
 .venv/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
 	@$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
-	@FL=""; [ -d $(WHEELS) ] && FL="--find-links $(WHEELS)"; \
-	  $(PY) -m uv pip install -q --python $(PY) $$FL --compile-bytecode -e ".[optuna,dev,lm_eval]"
+	@FL=""; [ -d $(WHEELS) ] && FL="--find-links $(WHEELS)"; SPEC="."; [ -n "$(EXTRAS)" ] && SPEC=".[$(EXTRAS)]"; \
+	  $(PY) -m uv pip install -q --python $(PY) $$FL --compile-bytecode -e "$$SPEC"
 	@touch $@
 
 setup: .venv/.installed
@@ -30,7 +34,7 @@ test: model lint      ## lint, then the default test suite (slow tests included;
 	WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup           ## ruff (pyproject [tool.ruff]) and the import layers (pyproject [tool.importlinter])
-	.venv/bin/ruff check oyster_exp tests benchmarks setup.py
+	.venv/bin/ruff check oyster_exp hydra_plugins tests benchmarks setup.py
 	.venv/bin/lint-imports --no-cache
 
 test-fast: setup      ## unit tests only

@@ -73,6 +73,17 @@ class PeftConfig:
 
 
 @dataclass
+class ModelCardConfig:
+    """Front matter of the exported model's card (`training.card.CardMeta`); written into the export."""
+
+    base_model: str | None = None         # Hub repo id of the base model; null: model.model_id without "@..."
+    license: str | None = None            # Hub licence id (the base model's licence usually binds the fine-tune)
+    pipeline_tag: str = "text-generation"
+    datasets: list[str] = field(default_factory=list)   # Hub dataset ids besides the run's own pairs
+    tags: list[str] = field(default_factory=list)       # extra Hub tags
+
+
+@dataclass
 class TrainingConfig:
     optimizer: Any = MISSING              # `_partial_` optimizer node
     scheduler: Any = None                 # `_partial_` scheduler node taking the optimizer (and total_steps)
@@ -86,6 +97,7 @@ class TrainingConfig:
     resume: ResumeMode = ResumeMode.auto
     sample_generations: int = field(default=0, metadata=_r(ge=0))      # W&B table rows at validation end
     sample_max_new_tokens: int = field(default=48, metadata=_r(ge=1))
+    card: ModelCardConfig = field(default_factory=ModelCardConfig)
 
 
 class ThinkMode(str, Enum):

@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from oyster_exp.llm.base import ChatResponse, LLMError
 from oyster_exp.llm.limits import EndpointLimiter
@@ -88,11 +87,9 @@ class CallEngine:
         limiter = self._limiter()
         rng = random.Random(self.seed)
         results: list[ChatResponse | str] = [""] * len(calls)
-        bar = _progress(len(calls), self.label) if self.progress else None
+        bar = CallProgress(len(calls), self.label) if self.progress else None
         # the bar shows this batch (the stats accumulate over the engine's life)
-        t0 = time.monotonic()
-        base_failures, base_retries = self.stats.failures, self.stats.retries
-        base_tokens = self.stats.prompt_tokens + self.stats.completion_tokens
+        base_retries = self.stats.retries
         stats = self.stats
 
         async def one(i: int) -> None:
@@ -140,11 +137,8 @@ class CallEngine:
                     key = str(results[i]).split(":")[-1].strip()[:60]
                     stats.reasons[key] = stats.reasons.get(key, 0) + 1
                 if bar is not None:
-                    tokens_done = stats.prompt_tokens + stats.completion_tokens - base_tokens
-                    bar.set_postfix(failures=stats.failures - base_failures,
-                                    retries=stats.retries - base_retries, tok=tokens_done,
-                                    tok_s=round(tokens_done / max(time.monotonic() - t0, 1e-6)), refresh=False)
-                    bar.update(1)
+                    reply = results[i]
+                    bar.advance([reply], retries=stats.retries - base_retries)
 
         try:
             await asyncio.gather(*(one(i) for i in range(len(calls))))
@@ -158,8 +152,30 @@ class CallEngine:
         return asyncio.run(self.run(calls))
 
 
-def _progress(total: int, label: str = "") -> Any:
-    """tqdm's own fields give elapsed<ETA and calls/s; the postfix adds failures, retries, tokens, tokens/s."""
-    from tqdm import tqdm
+class CallProgress:
+    """The one progress bar of LLM calls, remote (this engine) and local (`LocalClient`) alike.
 
-    return tqdm(total=total, desc=label or None, unit="call", dynamic_ncols=True, smoothing=0.1)
+    tqdm's own fields give elapsed<ETA and calls/s; the postfix adds failures, retries, tokens and
+    tokens/s of this batch. A failed call is a reason string instead of a `ChatResponse`.
+    """
+
+    def __init__(self, total: int, label: str = "") -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=label or None, unit="call", dynamic_ncols=True, smoothing=0.1)
+        self.t0 = time.monotonic()
+        self.failures = self.tokens = 0
+
+    def advance(self, replies: list[ChatResponse | str], retries: int = 0) -> None:
+        """Count finished calls (a micro-batch for a local model, one call for a remote one)."""
+        for reply in replies:
+            if isinstance(reply, str):
+                self.failures += 1
+            else:
+                self.tokens += reply.usage.prompt_tokens + reply.usage.completion_tokens
+        self.bar.set_postfix(failures=self.failures, retries=retries, tok=self.tokens,
+                             tok_s=round(self.tokens / max(time.monotonic() - self.t0, 1e-6)), refresh=False)
+        self.bar.update(len(replies))
+
+    def close(self) -> None:
+        self.bar.close()

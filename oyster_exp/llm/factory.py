@@ -14,7 +14,8 @@ _LOCAL: dict[tuple[str, str, str], Any] = {}   # (checkpoint, dtype, model id): 
 
 def local_client(model: Any, max_batch_size: int = 8) -> Any:
     """An in-process client on the base model. `model` is a `ModelSource` (what Hydra builds from
-    `model: ${model}`) or a `model` config node."""
+    `model: ${model}`) or a `model` config node. Its calls show on the remote clients' progress bar when
+    stderr is a terminal (no config knob: a role's client node is part of the LLM stages' cache keys)."""
     from oyster_exp.llm.local import LocalClient
 
     source = model_source(model)

@@ -11,6 +11,8 @@ which decodes the reply into the schema's fixed JSON frame.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +22,7 @@ import torch
 
 from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage, continues_assistant
 from oyster_exp.llm.constrained_decoding import ConstrainedDecoder, TokenTables
+from oyster_exp.llm.engine import CallProgress
 from oyster_exp.llm.json_frame import field_specs
 from oyster_exp.llm.sampling import sample_token, sampling_seed
 
@@ -52,13 +55,22 @@ class _RowSampler:
         return scores
 
 
+def _stderr_is_terminal() -> bool:
+    """tqdm draws on stderr: a bar only where someone watches it (not a log file, a pipe or a test)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 class LocalClient:
     """One local transformers model behind the `LLMClient` protocol."""
 
     backend = "local"
 
     def __init__(self, model_path: str | Path, model_id: str | None = None, dtype: str = "float32",
-                 device: str = "cpu", max_batch_size: int = 8, torch_threads: int | None = None):
+                 device: str = "cpu", max_batch_size: int = 8, torch_threads: int | None = None,
+                 progress: bool | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if torch_threads:
@@ -67,6 +79,8 @@ class LocalClient:
         self.model_id = model_id or self.model_path.name
         self.device = torch.device(device)
         self.max_batch_size = max(1, int(max_batch_size))
+        # the calls' progress bar (`engine.CallProgress`, the remote clients' bar); None: on a terminal only
+        self.progress = _stderr_is_terminal() if progress is None else bool(progress)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         torch_dtype: Any = "auto" if dtype == "auto" else _DTYPES.get(dtype) or getattr(torch, dtype)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)
@@ -104,7 +118,10 @@ class LocalClient:
         """Free-text requests micro-batched by sampling parameters; structured ones through the decoder."""
         specs = {i: field_specs(r.response_schema) for i, r in enumerate(requests) if r.response_schema is not None}
         out: list[ChatResponse | str | None] = [None] * len(requests)
-        with self._lock, torch.inference_mode():
+        bar = CallProgress(len(requests), f"local {self.model_id}") if self.progress and requests else None
+        with self._lock, torch.inference_mode(), contextlib.ExitStack() as stack:
+            if bar is not None:
+                stack.callback(bar.close)
             groups: dict[tuple[Any, ...], list[tuple[int, list[int]]]] = defaultdict(list)
             for i, r in enumerate(requests):
                 if i not in specs:
@@ -116,8 +133,12 @@ class LocalClient:
                     replies = self._generate([requests[i] for i, _ in chunk], [ids for _, ids in chunk])
                     for (i, _), reply in zip(chunk, replies):
                         out[i] = reply
+                    if bar is not None:
+                        bar.advance(replies)
             for i, fields in specs.items():
                 out[i] = self.decoder.decode(requests[i], self.prompt_ids(requests[i]), fields)
+                if bar is not None:
+                    bar.advance([out[i]])  # type: ignore[list-item]
         return out  # type: ignore[return-value]
 
     def _generate(self, reqs: list[ChatRequest], prompts: list[list[int]]) -> list[ChatResponse]:

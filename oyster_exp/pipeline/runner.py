@@ -186,6 +186,9 @@ class Stage:
     assets: ClassVar[tuple[str, ...]] = ()          # packaged files or folders read, relative to oyster_exp/
     cacheable: ClassVar[bool] = True
     joins_ranks: ClassVar[bool] = False  # every rank of a multi-process launch runs it together (train)
+    # the W&B artifact type its result is logged as when the run ends ("dataset", "model"); None: not logged
+    wandb_artifact: ClassVar[str | None] = None
+    wandb_artifact_name: ClassVar[str | None] = None   # "<run_name>-<this>"; None: the stage name
 
     def declared_keys(self, cfg: DictConfig) -> tuple[str, ...]:
         """The keys this stage reads and hashes for `cfg`; a stage whose needs depend on a choice adds them here."""

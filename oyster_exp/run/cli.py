@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -44,10 +45,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("oyster.root", project_root)
         OmegaConf.register_new_resolver("oyster.wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("oyster.sweep_group"):
-        from oyster_exp.run.sweep_arm import gpus_per_node, sqlite_url, wandb_group, wandb_job_type
+        from oyster_exp.run.sweep_arm import gpus_per_node, sqlite_url, wandb_group, wandb_job_type, wandb_run_name
 
         OmegaConf.register_new_resolver("oyster.sweep_group", wandb_group)
         OmegaConf.register_new_resolver("oyster.arm_job_type", wandb_job_type)
+        OmegaConf.register_new_resolver("oyster.arm_run_name", wandb_run_name)
         OmegaConf.register_new_resolver("oyster.gpus_per_node", gpus_per_node)
         OmegaConf.register_new_resolver("oyster.sqlite_url", sqlite_url)
 
@@ -182,7 +184,11 @@ def run(cfg: DictConfig) -> float:
         ctx.loggers = build_loggers(cfg)
         from oyster_exp.run.sweep_arm import arm_overrides, inject_test_fault, objective_value
 
-        run_pipeline(ctx, inject_test_fault(default_stages(), arm_overrides()))
+        stages = inject_test_fault(default_stages(), arm_overrides())
+        run_pipeline(ctx, stages)
+        from oyster_exp.run.wandb_artifacts import publish_artifacts
+
+        publish_artifacts(ctx, stages)
         partial = partial_stages(ctx)
         if partial:
             status, reason = "partial", "; ".join(partial)
@@ -238,7 +244,35 @@ def _app(cfg: DictConfig) -> float | None:
     return run(cfg)
 
 
+_HELP_FLAGS = {"--help", "-h"}
+
+
+def without_schema_options(help_text: str) -> str:
+    """Hydra's group listing without the structured-config schemas (`*_schema`): they are the types behind an
+    option's YAML (`defaults: [<option>_schema, _self_]`), not options to choose; a group of schemas only goes."""
+    lines = []
+    for line in help_text.splitlines():
+        key, sep, options = line.partition(": ")
+        if sep and options and re.fullmatch(r"[\w/@.-]+", key) and "schema" in options:
+            kept = [o for o in options.split(", ") if not o.endswith("schema")]
+            if not kept:
+                continue
+            line = f"{key}: {', '.join(kept)}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
+    if _HELP_FLAGS & set(sys.argv[1:]):   # Hydra prints the help (conf/hydra/help/oyster.yaml) and exits
+        import io
+
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                _app()
+        finally:
+            sys.stdout.write(without_schema_options(buf.getvalue()))
+        return
     precheck(sys.argv[1:])
     _app()
     from oyster_exp.run.hydra_callbacks import failed_arms

@@ -74,9 +74,18 @@ def current_arm_label() -> str:
     return arm_label(arm_overrides(), sweep_dir())
 
 
-def wandb_job_type() -> str:
-    """A W&B job type per arm: its override string (W&B caps job types at 64 characters)."""
-    return current_arm_label()[:64] if is_multirun() else "pipeline"
+def wandb_job_type(study: str | None = None, run_name: str | None = None) -> str:
+    """The W&B job type: the study (`sweep.name`, else the run name) for every arm of a sweep, so the W&B
+    UI can filter one study's runs; "pipeline" outside sweeps. W&B caps job types at 64 characters."""
+    if not is_multirun():
+        return "pipeline"
+    return str(study or run_name or "sweep")[:64]
+
+
+def wandb_run_name(run_name: str) -> str:
+    """The W&B run name: the run name, and in a sweep the arm's own overrides after it, so that arms differ
+    ("orpo_beta: objective.beta=0.1") where they would all read "orpo_beta"."""
+    return f"{run_name}: {current_arm_label()}" if is_multirun() else str(run_name)
 
 
 def gpus_per_node(devices: Any) -> int:
@@ -192,8 +201,8 @@ def _limit_threads() -> None:
 
 
 def _returned(value: float) -> float | None:
-    """None for a failed arm or a missing objective: Optuna's sweeper then marks the trial failed (a NaN
-    return makes hydra-optuna-sweeper 1.3 crash the study on optuna 2.10)."""
+    """None for a failed arm or a missing objective: the Optuna sweeper then marks the trial failed (it reads
+    NaN the same way; None also keeps other sweepers that would choke on NaN going)."""
     return value if math.isfinite(value) else None
 
 

@@ -33,6 +33,7 @@ class PairsStage(Stage):
     record_type = PairRecord
     inputs = ("queries", "optimize")
     config_keys = ("pairs", "data.system_prompt", "seed")
+    wandb_artifact = "dataset"
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         policy: PairPolicy = instantiate(ctx.cfg.pairs, _convert_="all")

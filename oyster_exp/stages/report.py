@@ -1,4 +1,7 @@
-"""report: results table, construction curve plot and the paper's numbers, in the run directory."""
+"""report: results table, construction curve plot and the paper's numbers, in the run directory.
+
+It also puts the trained model's final eval metrics into the run's copy of the exported model card.
+"""
 from __future__ import annotations
 
 import json
@@ -14,6 +17,8 @@ from oyster_exp.evaluation.summary import paired_deltas, summarise
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
 from oyster_exp.pipeline.runner import RunContext, Stage
 from oyster_exp.reporting.tables import counts_table, overall_table, reference_table, side_by_side
+from oyster_exp.stages.train import MODEL_SUBDIR, TrainStage
+from oyster_exp.training.card import add_eval_results
 
 
 def pipeline_table(ctx: RunContext) -> str:
@@ -94,4 +99,9 @@ class ReportStage(Stage):
         (ctx.run_dir / "report.md").write_text("\n".join(md))
         for logger in ctx.loggers:
             logger.log_metrics({f"eval/{k}": v for k, v in head.items() if not math.isnan(v)})
+        # the run's copy of the exported model's card gets the trained model's final eval metrics
+        trained = {k.split("/", 1)[1]: v for k, v in head.items() if k.startswith("trained/") and not math.isnan(v)}
+        if trained:
+            card = ctx.run_dir / TrainStage.name / MODEL_SUBDIR / "README.md"
+            add_eval_results(card, trained, str(ctx.cfg.run_name))
         journal.append(ReportRecord(id="report", report="report.md", plots=plots, headline=head))

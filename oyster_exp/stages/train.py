@@ -29,6 +29,7 @@ CKPT_SUBDIR = "checkpoints"
 # so that switching them on for a rerun still finds the killed run's checkpoint
 _UNKEYED_TRAINING = ("resume", "checkpoint_every_n_steps", "sample_generations", "sample_max_new_tokens",
                      "tokenization_cache")
+_UNKEYED_TRAINER = ("enable_progress_bar",)    # a terminal shows a bar, a log file does not: same model
 
 
 def examples_from(pairs: list[PairRecord]) -> list[Any]:
@@ -45,16 +46,20 @@ class TrainStage(Stage):
     inputs = ("pairs",)
     config_keys = ("model", "objective", "training", "trainer", "peft", "seed")
     unkeyed_keys = ("paths.cache_dir",)      # where the tokenization cache lives, not what is learnt
+    wandb_artifact = "model"
+    wandb_artifact_name = "model"
 
     def config_slice(self, cfg: Any) -> dict[str, Any]:
         out = super().config_slice(cfg)
         out["training"] = {k: v for k, v in (out.get("training") or {}).items() if k not in _UNKEYED_TRAINING}
+        out["trainer"] = {k: v for k, v in (out.get("trainer") or {}).items() if k not in _UNKEYED_TRAINER}
         return out
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         import lightning as L
 
         from oyster_exp.training.callbacks import SampleGenerationTable
+        from oyster_exp.training.card import CardMeta
         from oyster_exp.training.data import PreferenceDataModule
         from oyster_exp.training.model_setup import LoraSettings
         from oyster_exp.training.module import PreferenceModule
@@ -95,11 +100,14 @@ class TrainStage(Stage):
         # the card records what the model was trained from: this stage's config slice (its cache key)
         card = strip_secrets(OmegaConf.to_container(OmegaConf.create(self.config_slice(cfg)), resolve=True,
                                                     enum_to_str=True))
+        pairs_entry = ctx.entries.get("pairs")
+        card_meta = CardMeta.from_config(tcfg.get("card"), str(cfg.model.model_id),
+                                         [f"oyster-exp-pairs-{pairs_entry.key[:12]}"] if pairs_entry else [])
         metrics, trainer = train_and_export(
             module, datamodule, cfg.trainer, export_dir=entry.dir / "files" / MODEL_SUBDIR,
             ckpt_dir=entry.dir / CKPT_SUBDIR, checkpoint_every_n_steps=int(tcfg.checkpoint_every_n_steps),
             resume=str(getattr(tcfg.resume, "value", tcfg.resume)), loggers=list(ctx.loggers), callbacks=callbacks,
-            card_config=card, default_root_dir=str(ctx.run_dir / "lightning"))
+            card_config=card, card_meta=card_meta, default_root_dir=str(ctx.run_dir / "lightning"))
         if not trainer.is_global_zero:
             # a re-launched rank (trainer=ddp, torchrun, Slurm) has done its share: rank 0 records the
             # result, runs the later stages and writes the manifest; leaving now keeps this process

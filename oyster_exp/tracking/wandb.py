@@ -1,15 +1,20 @@
-"""Weights & Biases: offline without a key, and a resumed run that continues the killed run's id.
+"""Weights & Biases: offline without a key, artifacts with lineage, and a resumed run that keeps its id.
 
-The Lightning `WandbLogger` does the logging; this module holds what it does not: where the run id of
-a train stage is kept (beside its checkpoint), and how a resumed process gets that id back from a
+The Lightning `WandbLogger` does the logging; this module holds what it does not: the run's pairs and
+exported model as W&B artifacts (`log_stage_artifact`; its knobs are on `wandb_logger.ArtifactWandbLogger`),
+where the run id of a train stage is kept (beside its checkpoint), and how a resumed process gets that id back from a
 wandb-core service that still holds it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run.json"
 
@@ -23,6 +28,48 @@ def wandb_loggers(loggers: list[Any]) -> list[Any]:
     from lightning.pytorch.loggers import WandbLogger
 
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+
+def artifact_name(name: str) -> str:
+    """A W&B artifact name (letters, digits, `-`, `_`, `.`) from any run name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "oyster-exp"
+
+
+def log_stage_artifact(loggers: list[Any], *, name: str, kind: str, paths: list[Path],
+                       metadata: dict[str, Any] | None = None, used: bool = False) -> list[Any]:
+    """Log `paths` (files and directories) as one W&B artifact of type `kind` into every W&B logger's run.
+
+    `used=True` records the artifact as an input of the run too (lineage: the run trained on these
+    pairs). `run.use_artifact` refuses to run offline, so offline the artifact record carries
+    `use_after_commit`, the flag `use_artifact` itself sets for a new artifact, and `wandb sync` makes
+    the link. Files are added as immutable (no staging copy of a model): the run directory's files are
+    hard links into the stage cache, which is never rewritten. Returns the logged artifacts; a W&B error
+    is logged and skipped, since a missing artifact must not fail a run whose results are already written.
+    """
+    import wandb
+
+    out = []
+    for lg in wandb_loggers(loggers):
+        if hasattr(lg, "logs_artifact") and not lg.logs_artifact(kind):   # ArtifactWandbLogger's log_model/log_dataset
+            continue
+        try:
+            art = wandb.Artifact(artifact_name(name), type=kind, metadata=metadata or {})
+            for path in paths:
+                if path.is_dir():
+                    art.add_dir(str(path), name=path.name, policy="immutable")
+                elif path.is_file():
+                    art.add_file(str(path), name=path.name, policy="immutable")
+            run = lg.experiment
+            if used and run.offline:
+                run._log_artifact(art, is_user_created=True, use_after_commit=True)
+            elif used:
+                run.use_artifact(art)
+            else:
+                run.log_artifact(art)
+            out.append(art)
+        except Exception as e:
+            log.warning("W&B %s artifact %s not logged: %s: %s", kind, name, type(e).__name__, e)
+    return out
 
 
 def stored_wandb_id(ckpt_dir: Path) -> str | None:

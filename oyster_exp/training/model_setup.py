@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -212,32 +210,6 @@ def rebuilt_from_state(base_path: str | Path, state: dict[str, torch.Tensor], dt
         raise RuntimeError(f"gathered LoRA weights do not fit the adapter: {len(adapter)} given, "
                            f"unexpected {sorted(unexpected)[:3]}, missing {[k for k in missing if 'lora_' in k][:3]}")
     return fresh.merge_and_unload()
-
-
-def _plain(obj: Any) -> Any:
-    """Config values as YAML-safe builtins (enums, paths and other objects become strings)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Enum):
-        return _plain(obj.value)
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
-def model_card(summary: str, objective: str, metrics: dict[str, float] | None,
-               config: dict[str, Any] | None) -> str:
-    """README.md with front matter, the final metrics and the (already secret-stripped) config as YAML."""
-    def dump(obj: Any, sort: bool) -> str:
-        return yaml.safe_dump(_plain(obj), sort_keys=sort, allow_unicode=True).strip()
-
-    front = {"library_name": "transformers", "tags": ["oyster-exp", objective]}
-    lines = ["---", dump(front, False), "---", "", "# oyster-exp model", "", summary, "",
-             "## Final metrics", "", "```yaml", dump(metrics or {}, True), "```", "",
-             "## Config", "", "```yaml", dump(config or {}, False), "```", ""]
-    return "\n".join(lines)
 
 
 def export_pretrained(model: Any, tokenizer: Any, out_dir: Path, card: str,

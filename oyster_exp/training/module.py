@@ -14,20 +14,16 @@ from typing import Any
 import lightning as L
 import torch
 
+from oyster_exp.training.card import CardMeta, model_card
 from oyster_exp.training.forward import output_head, scored_token_logps, stack_padded
 from oyster_exp.training.losses import IGNORE, sequence_logps, token_nll
-from oyster_exp.training.model_setup import (
-    LoraSettings,
-    export_pretrained,
-    load_causal_lm,
-    model_card,
-    rebuilt_from_state,
-)
+from oyster_exp.training.model_setup import LoraSettings, export_pretrained, load_causal_lm, rebuilt_from_state
 from oyster_exp.training.objectives import ORPOLoss, TrainingLoss
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 DEFAULT_LR = 5e-5
+LR_METRIC = "train/lr"
 IGNORE_PAD_ID = 0
 """Token id for padding added when chosen and rejected are stacked; masked out, so any id works."""
 
@@ -161,19 +157,24 @@ class PreferenceModule(L.LightningModule):
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=DEFAULT_LR))
         optimizer = factory([p for p in self.model.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
-            return optimizer
-        if _wants_total_steps(self.scheduler_factory):
+            # a constant schedule, so that Lightning's LearningRateMonitor logs `train/lr` in every run
+            scheduler: Any = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+        elif _wants_total_steps(self.scheduler_factory):
             scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         else:
             scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # the scheduler's name is the metric LearningRateMonitor logs its learning rate under
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": LR_METRIC}}
 
     def export(self, out_dir: Path, card_config: dict[str, Any] | None = None,
-               metrics: dict[str, float] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+               metrics: dict[str, float] | None = None, card_meta: CardMeta | None = None,
+               state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write a `from_pretrained`-loadable directory: weights (LoRA merged), tokenizer, a README card.
 
         The card records the objective, the final metrics and `card_config` (e.g. the resolved Hydra
-        config, secrets already stripped) as YAML, so the model carries its own provenance. A LoRA
+        config, secrets already stripped) as YAML, with `card_meta` (base model, datasets, licence) as
+        the Hub's front matter, so the model carries its own provenance. A LoRA
         model is merged in place, so `self.model` is the plain merged model afterwards.
 
         `state` is this module's full state dict gathered from the ranks of a sharded run
@@ -182,7 +183,7 @@ class PreferenceModule(L.LightningModule):
         """
         summary = (f"Trained with `{self.loss.describe()}` from `{self.hparams['model_path']}`"
                    + (f", LoRA r={self.hparams['lora']['r']} merged." if self.hparams.get("lora") else "."))
-        card = model_card(summary, self.loss.name, metrics, card_config)
+        card = model_card(summary, self.loss.name, metrics, card_config, card_meta)
         if state is not None:
             lora = self.hparams.get("lora")
             weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}

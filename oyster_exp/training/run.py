@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from oyster_exp.training.card import CardMeta
 from oyster_exp.training.data import PreferenceDataModule
 from oyster_exp.training.module import PreferenceModule
 from oyster_exp.training.parallelism import gathered_state_dict, launched_ranks
@@ -58,6 +59,22 @@ def build_trainer(node: Any, **kwargs: Any) -> L.Trainer:
         raise TrainerConfigError(f"trainer: {type(cause).__name__}: {str(cause).splitlines()[0]}") from e
 
 
+def progress_bar_wanted() -> bool:
+    """Lightning's progress bar only where someone watches: stdout is a terminal (not a log file or a pipe)."""
+    import sys
+
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress_bar_for(trainer_node: Any) -> bool:
+    """`trainer.enable_progress_bar` when set, else whether stdout is a terminal."""
+    value = trainer_node.get("enable_progress_bar") if hasattr(trainer_node, "get") else None
+    return progress_bar_wanted() if value is None else bool(value)
+
+
 def last_checkpoint(ckpt_dir: Path | None, resume: str) -> Path | None:
     """`ckpt_dir/last.ckpt` when `resume == "auto"` and a complete one exists (saves are atomic)."""
     if ckpt_dir is None or str(getattr(resume, "value", resume)) != "auto":
@@ -78,7 +95,7 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 def fit_preference_model(module: PreferenceModule, datamodule: PreferenceDataModule, trainer: L.Trainer,
                          export_dir: Path, card_config: dict[str, Any] | None = None,
-                         ckpt_path: Path | str | None = None) -> dict[str, float]:
+                         ckpt_path: Path | str | None = None, card_meta: CardMeta | None = None) -> dict[str, float]:
     """Train (from `ckpt_path` when given), then export the model with a card holding `card_config` and metrics.
 
     Only global rank 0 writes the export; the others wait at a barrier so no rank returns before the
@@ -94,7 +111,8 @@ def fit_preference_model(module: PreferenceModule, datamodule: PreferenceDataMod
     metrics = final_metrics(trainer)
     state = gathered_state_dict(trainer)
     if trainer.is_global_zero:
-        module.export(Path(export_dir), card_config=card_config, metrics=metrics, state=state)
+        module.export(Path(export_dir), card_config=card_config, metrics=metrics, card_meta=card_meta,
+                      state=state)
     trainer.strategy.barrier("oyster_exp.export")
     return metrics
 
@@ -102,14 +120,15 @@ def fit_preference_model(module: PreferenceModule, datamodule: PreferenceDataMod
 def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule, trainer_node: Any, *,
                      export_dir: Path, ckpt_dir: Path, checkpoint_every_n_steps: int = 0, resume: str = "auto",
                      loggers: list[Any] | None = None, callbacks: list[Any] | None = None,
-                     card_config: dict[str, Any] | None = None,
+                     card_config: dict[str, Any] | None = None, card_meta: CardMeta | None = None,
                      **trainer_kwargs: Any) -> tuple[dict[str, float], L.Trainer]:
     """The train stage's whole training: build the Trainer, resume if a last checkpoint exists, fit, export.
 
     `ckpt_dir` must be stable across reruns of the same job (the stage passes its cache entry), so a
     killed run's `last.ckpt` is found again; the W&B run id stored beside it makes the loggers
     continue the same W&B run. `resume="never"` deletes old checkpoints first. The checkpoints are
-    deleted after a successful export.
+    deleted after a successful export. With a logger attached, Lightning's `LearningRateMonitor` logs
+    `train/lr` every step; `trainer.enable_progress_bar: null` shows Lightning's bar only on a terminal.
     """
     import shutil
 
@@ -128,13 +147,18 @@ def train_and_export(module: PreferenceModule, datamodule: PreferenceDataModule,
         else:
             log.warning("a W&B run had already started; the resumed training cannot continue W&B run %s", run_id)
     callbacks = list(callbacks or [])
+    if loggers:
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer_kwargs.setdefault("enable_progress_bar", progress_bar_for(trainer_node))
     if checkpoint_every_n_steps > 0:
         callbacks += [AtomicLastCheckpoint(ckpt_dir, checkpoint_every_n_steps), WandbRunIdBesideCheckpoint(ckpt_dir)]
     trainer = build_trainer(trainer_node, logger=loggers or False, callbacks=callbacks,
                             enable_checkpointing=checkpoint_every_n_steps > 0, **trainer_kwargs)
     with launched_ranks(trainer):
         metrics = fit_preference_model(module, datamodule, trainer, Path(export_dir), card_config=card_config,
-                                       ckpt_path=ckpt_path)
+                                       ckpt_path=ckpt_path, card_meta=card_meta)
     if trainer.is_global_zero:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics, trainer

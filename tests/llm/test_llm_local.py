@@ -101,6 +101,24 @@ def test_mixed_batch_keeps_input_order(client) -> None:
 
 
 # -- structured ---------------------------------------------------------------------------------
+def test_calls_show_on_the_remote_clients_progress_bar(client, capsys: pytest.CaptureFixture) -> None:
+    schema = Judgement.model_json_schema()
+    reqs = [_req("a", max_tokens=4), _req("b", max_tokens=4), _req("c", response_schema=schema,
+                                                                   max_tokens_per_field=3)]
+    assert client.progress is False                       # pytest's stderr is no terminal: no bar by default
+    client.chat_batch(reqs)
+    assert capsys.readouterr().err == ""
+    client.progress = True
+    try:
+        out = client.chat_batch(reqs)
+    finally:
+        client.progress = False
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    tokens = sum(r.usage.prompt_tokens + r.usage.completion_tokens for r in out)
+    assert last.startswith("local tiny: 100%") and "3/3" in last and ("call/s" in last or "s/call" in last), last
+    assert "failures=0" in last and f"tok={tokens}," in last and "tok_s=" in last
+
+
 def test_structured_replies_always_validate(client) -> None:
     schema = Judgement.model_json_schema()
     labels, items = set(), set()

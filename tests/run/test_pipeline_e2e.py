@@ -19,14 +19,17 @@ TINY = ["debug=fast", "model=tiny_random", "print_config=false",
 STAGES = ["queries", "generate", "assess", "extract", "optimize", "pairs", "train", "evaluate", "report"]
 
 
-def _env(out: Path) -> dict[str, str]:
-    return {**os.environ, "OYSTER_EXP_OUTPUTS": str(out), "OYSTER_EXP_DATA": str(SHARED_DATA),
-            "WANDB_MODE": "disabled"}
+def _env(out: Path, wandb_mode: str = "disabled") -> dict[str, str]:
+    env = {**os.environ, "OYSTER_EXP_OUTPUTS": str(out), "OYSTER_EXP_DATA": str(SHARED_DATA),
+           "WANDB_MODE": wandb_mode}
+    env.pop("WANDB_API_KEY", None)
+    return env
 
 
-def _run(out: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def _run(out: Path, *overrides: str, timeout: int = 600, wandb_mode: str = "disabled"
+         ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "oyster_exp.run.cli", *overrides], capture_output=True, text=True,
-                          env=_env(out), cwd=out.parent, timeout=timeout)
+                          env=_env(out, wandb_mode), cwd=out.parent, timeout=timeout)
 
 
 def _run_dirs(out: Path) -> list[Path]:
@@ -40,7 +43,7 @@ def _jsonl_ids(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("e2e") / "outputs"
-    p = _run(out, *TINY)
+    p = _run(out, *TINY, wandb_mode="offline")     # the default logger, offline: its run files are checked below
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (run_dir,) = _run_dirs(out)
     return out, run_dir
@@ -99,6 +102,46 @@ def test_trained_model_is_saved_and_reloads(first_run: tuple[Path, Path]) -> Non
     model = AutoModelForCausalLM.from_pretrained(run / "train" / "model")
     assert model.num_parameters() > 0
     assert rec.steps == 2 and "train/loss" in rec.metrics
+
+
+def test_offline_wandb_run_holds_the_pairs_and_the_model_as_artifacts(first_run: tuple[Path, Path]) -> None:
+    from wandb_records import records, run_file
+
+    _, run = first_run
+    recs = records(run_file(run / "wandb"))
+    logged = [r.artifact for r in recs if r.WhichOneof("record_type") == "artifact"]
+    arts = {a.type: a for a in logged if a.type in ("dataset", "model")}
+    assert set(arts) == {"dataset", "model"}, [a.type for a in logged]
+    dataset, model = arts["dataset"], arts["model"]
+    assert dataset.name == "csa-pairs" and model.name == "csa-model"
+    assert "pairs.jsonl" in {c.path for c in dataset.manifest.contents}
+    assert {"train/model/model.safetensors", "train/model/README.md"} <= {c.path for c in model.manifest.contents}
+    # lineage: the pairs are an input of the run (use_artifact once synced), the model its output
+    assert dataset.use_after_commit and not model.use_after_commit
+    assert json.loads(model.metadata)["base_model"] == "oyster-exp/tiny-random-qwen2-v1"
+    (info,) = [r.run for r in recs if r.WhichOneof("record_type") == "run"]
+    assert info.display_name == "csa" and info.job_type == "pipeline"
+    # Lightning's LearningRateMonitor: the learning rate of every step (linear decay from 5e-5)
+    lrs = [float(i.value_json) for r in recs if r.WhichOneof("record_type") == "history" for i in r.history.item
+           if list(i.nested_key) == ["train/lr"] or i.key == "train/lr"]
+    assert len(lrs) == 2 and lrs[0] == 5e-5 and lrs[1] < lrs[0]
+
+
+def test_exported_card_has_hub_metadata_and_the_eval_results(first_run: tuple[Path, Path]) -> None:
+    from oyster_exp.training.card import NOT_EVALUATED, front_matter
+
+    _, run = first_run
+    card = (run / "train" / "model" / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["base_model"] == "oyster-exp/tiny-random-qwen2-v1"
+    assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "text-generation"
+    assert meta["datasets"][0].startswith("oyster-exp-pairs-") and "orpo" in meta["tags"]
+    results = {m["type"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert "constructive@beta=2" in results, meta["model-index"]
+    assert NOT_EVALUATED not in card and "## Config" in card
+    # the stage cache keeps the card its cache key describes: the run's copy was replaced, not edited
+    (cached,) = (run.parents[2] / "cache" / "stages" / "train").glob("*/files/model/README.md")
+    assert NOT_EVALUATED in cached.read_text() and "model-index" not in front_matter(cached.read_text())
 
 
 def test_second_identical_run_recomputes_nothing(first_run: tuple[Path, Path]) -> None:

@@ -247,7 +247,7 @@ def test_slurm_launcher_takes_gpus_from_the_trainer(compose_cfg) -> None:
     OmegaConf.merge(OmegaConf.structured(SlurmQueueConf), data)
 
 
-def test_joblib_launcher_and_wandb_group_per_sweep_and_job_type_per_arm(tmp_path: Path) -> None:
+def test_joblib_launcher_and_wandb_group_and_job_type_per_sweep_and_name_per_arm(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -271,7 +271,8 @@ def test_joblib_launcher_and_wandb_group_per_sweep_and_job_type_per_arm(tmp_path
     try:
         HydraConfig.instance().set_config(cfg)
         assert cfg.logger.wandb.group == "2026-01-01_10-00-00_orpo_beta"
-        assert cfg.logger.wandb.job_type == "objective.beta=0.1"
+        assert cfg.logger.wandb.job_type == "orpo_beta"                 # the study
+        assert cfg.logger.wandb.name == "orpo_beta: objective.beta=0.1"  # the arm, readable
         assert parallel_launcher()
     finally:
         HydraConfig.instance().cfg = None
@@ -280,5 +281,6 @@ def test_joblib_launcher_and_wandb_group_per_sweep_and_job_type_per_arm(tmp_path
     HydraConfig.instance().set_config(single)
     try:
         assert single.logger.wandb.group is None and single.logger.wandb.job_type == "pipeline"
+        assert single.logger.wandb.name == "csa"
     finally:
         HydraConfig.instance().cfg = None

@@ -228,6 +228,34 @@ def test_sft_trains_without_a_validation_split(tiny_model_dir: Path, tokenizer: 
     assert (tmp_path / "export" / "model.safetensors").exists()
 
 
+def test_progress_bar_on_a_terminal_only_and_never_in_the_train_key(compose_cfg, monkeypatch: pytest.MonkeyPatch
+                                                                      ) -> None:
+    import io
+    import sys
+
+    from oyster_exp.stages.train import TrainStage
+    from oyster_exp.training.run import build_trainer, progress_bar_for
+
+    def key(*overrides: str) -> str:
+        return repr(TrainStage().config_slice(compose_cfg("model=tiny_random", *overrides)))
+
+    assert key() == key("trainer.enable_progress_bar=true") == key("trainer.enable_progress_bar=false")
+    assert key() != key("trainer.max_steps=3")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    node = compose_cfg().trainer
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert progress_bar_for(node) and not progress_bar_for({"enable_progress_bar": False})
+    trainer = build_trainer(node, logger=False, enable_progress_bar=progress_bar_for(node))
+    assert trainer.progress_bar_callback is not None
+    monkeypatch.setattr(sys, "stdout", io.StringIO())                  # a log file, a pipe, a test
+    assert not progress_bar_for(node) and progress_bar_for({"enable_progress_bar": True})
+    assert build_trainer(node, logger=False, enable_progress_bar=progress_bar_for(node)).progress_bar_callback is None
+
+
 def test_gradient_checkpointing_gives_the_same_loss(tiny_model_dir: Path, tokenizer: Any) -> None:
     batch = collate([tokenize_example(_ex(i), tokenizer, 128) for i in range(2)], tokenizer.pad_token_id)
     plain = PreferenceModule(str(tiny_model_dir))
