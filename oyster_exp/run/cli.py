@@ -201,7 +201,8 @@ def run(cfg: DictConfig) -> float:
     except (DataError, StageError, EndpointError) as e:
         reason = str(e)
         log.error("%s", e)
-        kind = {DataError: "data error: ", EndpointError: "endpoint error: "}.get(type(e), "")
+        kind = ("data error: " if isinstance(e, DataError) else
+                "endpoint error: " if isinstance(e, EndpointError) else "")   # subclasses say their kind too
         print(f"oyster-exp: {kind}{' '.join(reason.split())}", file=sys.stderr)
         raise SystemExit(EXIT_STAGE if isinstance(e, StageError) else EXIT_CONFIG) from None
     except BaseException as e:

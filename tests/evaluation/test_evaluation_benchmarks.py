@@ -178,7 +178,7 @@ def test_tables_side_by_side_counts_and_paper_reference() -> None:
     assert set(curves) == {"base", "trained"}
     md = side_by_side(rows)
     line = next(x for x in md.splitlines() if "constructive@beta=2" in x)
-    assert "| 0.000 [0.000, 0.000] (n=3) | 40.00 [40.00, 40.00] (n=3) | 40.00 |" in line
+    assert "| 0.000 [0.000, 0.000] (n=3) | 40.00 [40.00, 40.00] (n=3) | 40.00 (unpaired) |" in line
     assert "| construction | heldout | base | 3 | 0 | 0 |" in counts_table(rows)
     ref = reference_table(rows)
     assert "47.54" in ref and "56.27" in ref and "0.079" in ref and "harmbench" not in ref

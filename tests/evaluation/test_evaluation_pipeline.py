@@ -15,7 +15,10 @@ from oyster_exp.evaluation.benchmarks.capability import lm_eval_available
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_data = needs_shared_data(DATA / "harmbench", DATA / "strata_sword")
+# pairs=refusal_as_rejected: every judged query gives a pair, so a trained model exists whatever the random judges
+# decide (best_vs_initial needs a Lingo-BP step the random judges happen to score higher)
 TINY = ["debug=fast", "model=tiny_random", "print_config=false", "logger=none", "eval.bootstrap_resamples=50",
+        "pairs=refusal_as_rejected",
         "eval.generation.temperature=1.0", "eval.generation.max_new_tokens=6",
         *(f"llm.roles.{r}.temperature=1.0" for r in ("actor", "user_judge", "safety_judge", "editor"))]
 
