@@ -35,7 +35,7 @@ def test_per_type_reaction_overrides_the_shared_satisfaction() -> None:
 
 def test_malicious_posterior_prefers_the_safe_candidate_benign_prefers_the_helpful_one() -> None:
     w = PayoffWeights()
-    helpful_risky = CandidateOutcome(satisfaction=1.0, risk=0.5)
+    helpful_risky = CandidateOutcome(satisfaction=1.0, risk=0.25)
     safe_plain = CandidateOutcome(satisfaction=0.2, risk=0.0)
     assert choose([helpful_risky, safe_plain], {"benign": 1.0}, w) == 0
     assert choose([helpful_risky, safe_plain], {"malicious": 1.0}, w) == 1
@@ -75,7 +75,7 @@ def test_on_builds_the_leader_with_the_weights_it_was_given(compose_cfg) -> None
     post = {"benign": 0.5, "sensitive": 0.3, "malicious": 0.2}
     assert rule.payoff(cands[0], post) == pytest.approx(expected_payoff(cands[0], post, rule))
     assert rule.pick(cands, post) == choose(cands, post, rule) == 1   # beta 2.5 makes the risky reply lose
-    assert choose(cands, post, PayoffWeights()) == 0                    # the default weights keep it
+    assert choose(cands, post, PayoffWeights(beta=1.0)) == 0            # a beta of 1 keeps it
 
 
 def test_off_builds_the_single_candidate_rule(compose_cfg) -> None:
