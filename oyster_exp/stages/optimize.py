@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from oyster_exp.core.estimates import CHARS_PER_TOKEN, GUIDELINE_CHARS, CallEstimate, Workload
 from oyster_exp.csa.chain import SafetyChain
@@ -61,7 +61,7 @@ def record_from(res: QueryResult, s: LoopSettings) -> OptimizeRecord:
 def instantiate_strength(cfg: Any) -> GuidelineStrength:
     """`risk.guideline_strength` as the dataclass (the node is typed by the risk schema)."""
     node = cfg.risk.get("guideline_strength")
-    return GuidelineStrength(**OmegaConf.to_container(node, resolve=True)) if node is not None else GuidelineStrength()
+    return instantiate(node, _convert_="all") if node is not None else GuidelineStrength()
 
 
 class OptimizeStage(Stage):
