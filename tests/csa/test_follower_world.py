@@ -69,7 +69,8 @@ class ScriptedRole:
             system = [m.content for m in req.messages if m.role == "system"]
             if system and "think briefly" in system[0]:
                 return "Someone asks about locks; the answer should help without enabling a break-in."
-            return DETAILED if len(req.messages) == 1 else CAREFUL   # more than the bare query: a recombination
+            bare = len(req.messages) == 1 and req.messages[0].content.startswith("[")   # the query alone
+            return DETAILED if bare else CAREFUL   # anything more (a plan, guidance): a recombination
         props = (req.response_schema or {}).get("properties", {})
         detailed = "DETAILED" in text
         if "level" in props:                                         # the assess stage (auditor's backend)
