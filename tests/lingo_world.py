@@ -13,6 +13,9 @@ it receives, exactly as a model would:
   suggestion `<+U3>` / `<-R1>`; safety judge: unsafe with H1, safe with all good S, partly safe
   otherwise, suggestion `<-H1>` / `<+S2>`.
 - editor: reads the plan and the suggestions in its prompt and proposes the plan with them applied.
+- follower (stackelberg=on): one reaction per follower type from the markers (`world_reactions`): the
+  dangerous specifics (H1) arm a malicious user and draw a sensitive one on; a refusal (R1) loses a
+  benign one.
 
 Replies are filled from the request's JSON schema (unknown fields get neutral values), so a reply
 schema that grows a field still validates. Some first attempts are malformed, to exercise retries.
@@ -83,10 +86,20 @@ SAFETY = {"safe": 1.0, "partly_safe": 0.5, "unsafe": 0.0}
 
 
 def world_reward(case: Case, toks: set[str]) -> float:
-    return sat_score(case, toks) + SAFETY[verdict(case, toks)]
+    """The construction objective S - 2 R (stackelberg=off's entry reward at its default beta)."""
+    return sat_score(case, toks) - 2.0 * (1.0 - SAFETY[verdict(case, toks)])
 
 
-OPTIMUM = 2.0
+OPTIMUM = 1.0
+
+
+def world_reactions(case: Case, toks: set[str]) -> dict[str, str]:
+    """What each follower type does after a reply with these markers (the world's planted follower effect)."""
+    complete = all(u in toks for u in case.good_u)
+    return {"benign": "leaves" if "R1" in toks else ("stays_helped" if complete else "rephrases"),
+            "sensitive": "escalates" if "H1" in toks else (
+                "stays_helped" if all(s in toks for s in case.good_s) else "follows_up"),
+            "malicious": "exploits" if "H1" in toks else "leaves"}
 
 
 def make_cases(n: int = 50, seed: int = 7, sabotage: bool = False) -> list[Case]:
@@ -173,7 +186,8 @@ class WorldClient:
             if self.always_malformed or (self.malformed_every and req.seed % 1000 == 42
                                          and zlib.crc32(text.encode()) % self.malformed_every == 0):
                 return ChatResponse(content='{"persona": "cut', finish_reason="length")
-            judge = {"user_judge": self._user, "safety_judge": self._safety, "editor": self._editor}[self.role]
+            judge = {"user_judge": self._user, "safety_judge": self._safety, "editor": self._editor,
+                     "follower": self._follower}[self.role]
             known = judge(text, case)
             content = json.dumps(_fill(req.response_schema or {}, known))
         return ChatResponse(content=content, usage=Usage(prompt_tokens=len(text.split()),
@@ -202,6 +216,9 @@ class WorldClient:
         tip = "<-H1>" if "H1" in toks else (f"<+{missing[0]}>" if missing else "fine as it is")
         return {"risk_intent": "curiosity", "adapted_guideline": "no specifics", "verdict": verdict(case, toks),
                 "suggestion": tip}
+
+    def _follower(self, text: str, case: Case) -> dict[str, Any]:
+        return {"reading": "what the reply gives each asker", **world_reactions(case, set(MARK.findall(text)))}
 
     def _editor(self, text: str, case: Case) -> dict[str, Any]:
         plan = text[text.rindex("user_needs:"):]

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, create_model, model_validator
 
 from oyster_exp.config.components import ge, register_component, rng
 from oyster_exp.config.errors import ConfigError
+from oyster_exp.csa.guideline_strength import GuidelineStrength
 from oyster_exp.csa.replies import NO_RISK, RiskAssessment
 from oyster_exp.csa.stackelberg import FOLLOWER_TYPES, normalise_posterior, uniform_posterior
 from oyster_exp.data.taxonomy import UNKNOWN, IntentType, RiskLevel, Taxonomy
@@ -70,6 +71,7 @@ class RiskSettings:
     score_scale: dict[str, float] = field(       # category-score words the assessor picks from -> score
         default_factory=lambda: {"high": 1.0, "medium": 0.6, "low": 0.3})
     follower: FollowerModel = field(default_factory=FollowerModel)
+    guideline_strength: GuidelineStrength = field(default_factory=GuidelineStrength)   # p(theta|x) -> auditor
 
     @property
     def dimension_names(self) -> list[str]:

@@ -150,8 +150,6 @@ class LingoBPSettings:
     regression_guard: bool = True
     later_wins_ties: bool = True          # the best trace entry on equal rewards: the latest (false: the earliest)
     early_stop: EarlyStop = field(default_factory=EarlyStop)
-    satisfaction_weight: float = field(default=1.0, metadata=ge(0.0))
-    safety_weight: float = field(default=1.0, metadata=ge(0.0))
 
     @staticmethod
     def check_config(node: Any, key: str) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from oyster_exp.csa.chain import SafetyChain
+from oyster_exp.csa.follower import FollowerItem, predict_reactions
 from oyster_exp.csa.lingo_bp import (
     EditItem,
     EditSettings,
@@ -41,12 +42,11 @@ class LoopSettings:
     edit: EditSettings = field(default_factory=lambda: EditSettings(unfrozen={}, max_changes=2,
                                                                     similarity=JaccardSimilarity()))
     recombiner: Recombiner = field(default_factory=NaturalRecombiner)   # edited chain -> actor's reasoning + reply
-    w_satisfaction: float = 1.0
-    w_safety: float = 1.0
     regression_guard: bool = True
     later_wins_ties: bool = True                           # best entry on equal rewards: the latest (else earliest)
     early_stop: Mapping[str, PearlPoint] | None = None     # mode -> pearl point; None = run the whole schedule
     leader: LeaderRule = field(default_factory=SingleCandidate)   # picks each step's reply among K candidates
+                                                           # and gives each entry its reward (LeaderRule.reward)
     actor_max_tokens: int = 128                            # Cost = response tokens / this
     system_prompt: str = ""                                # the actor's system prompt of the generate stage
 
@@ -79,12 +79,6 @@ class QueryResult:
     @property
     def best_index(self) -> int | None:
         return best_index(self.trace)
-
-
-def reward(entry: TraceEntry, s: LoopSettings) -> float | None:
-    if entry.user is None or entry.safety is None:
-        return None
-    return s.w_satisfaction * entry.user.score + s.w_safety * entry.safety.score
 
 
 def best_index(trace: Sequence[TraceEntry], later_wins_ties: bool = True) -> int | None:
@@ -137,47 +131,56 @@ def _sample(service: LLMService, convs: list[list[ChatMessage]], s: LoopSettings
     return [res[i * k:(i + 1) * k] for i in range(len(convs))]
 
 
-def _outcome(u: UserJudgement, sf: SafetyJudgement, tokens: int, s: LoopSettings) -> CandidateOutcome:
-    reaction = getattr(u, "reaction", None)   # a per-type prediction, when the user simulator gives one
+def _outcome(u: UserJudgement, sf: SafetyJudgement, tokens: int, s: LoopSettings,
+             reactions: Mapping[str, str] | None = None) -> CandidateOutcome:
+    """A judged candidate as the leader rule sees it; `reactions` are the follower role's words per type."""
+    retention, risk = s.leader.reactions_of(reactions) if reactions else (None, None)
     return CandidateOutcome(satisfaction=u.score, risk=1.0 - sf.score,
                             cost=min(1.0, tokens / max(1, s.actor_max_tokens)),
-                            reaction=reaction if isinstance(reaction, Mapping) else None)
+                            reaction=retention, reaction_risk=risk)
 
 
 def _judge_drafts(service: LLMService, drafts: list[_Draft], s: LoopSettings) -> list[TraceEntry]:
-    """Judge every candidate of every draft (one call per judge), keep the leader's choice per draft."""
+    """Judge every candidate of every draft (one call per judge, plus one to the follower role when the rule
+    models followers), keep the leader's choice per draft and give each entry the rule's reward."""
     slots = [(d, j) for d in drafts for j in range(len(d.texts)) if d.failures[j] is None]
     items = [JudgeItem(query=d.state.item.query, response=d.texts[j], language=d.state.item.lang,
                        category=d.state.item.category, guideline=d.state.item.guideline,
                        persona=d.state.item.persona, task=d.state.item.task) for d, j in slots]
     users = judge_user(service, items) if items else []
     safeties = judge_safety(service, items) if items else []
-    judged: dict[tuple[int, int], tuple[object, object]] = {
-        (id(d), j): (u, sf) for (d, j), u, sf in zip(slots, users, safeties)}
+    follows: list[object] = [None] * len(items)
+    if s.leader.models_followers and items:
+        follows = list(predict_reactions(service, [FollowerItem(it.query, it.response, it.language) for it in items]))
+    judged: dict[tuple[int, int], tuple[object, object, object]] = {
+        (id(d), j): (u, sf, fo) for (d, j), u, sf, fo in zip(slots, users, safeties, follows)}
     entries = []
     for d in drafts:
         posterior = normalise_posterior(d.state.item.posterior)
         cands: list[TraceCandidate] = []
         valid: list[tuple[int, CandidateOutcome]] = []
         for j, text in enumerate(d.texts):
-            u, sf = judged.get((id(d), j), (None, None))
-            fails = [f for f in (d.failures[j], getattr(u, "failure", None), getattr(sf, "failure", None)) if f]
-            uv, sv = getattr(u, "value", None), getattr(sf, "value", None)
+            u, sf, fo = judged.get((id(d), j), (None, None, None))
+            fails = [f for f in (d.failures[j], getattr(u, "failure", None), getattr(sf, "failure", None),
+                                 f"follower: {fo.failure}" if getattr(fo, "failure", None) else None) if f]
+            uv, sv, fv = getattr(u, "value", None), getattr(sf, "value", None), getattr(fo, "value", None)
             c = TraceCandidate(response=text, seed=d.seeds[j], cost=min(1.0, d.tokens[j] / max(1, s.actor_max_tokens)),
-                               failure="; ".join(fails) or None)
-            if uv is not None and sv is not None:
-                out = _outcome(uv, sv, d.tokens[j], s)
+                               failure="; ".join(fails) or None, reactions=fv.by_type() if fv else None)
+            # a candidate counts once every call its rule needs answered (the follower's too, when asked)
+            if uv is not None and sv is not None and (fv is not None or not s.leader.models_followers):
+                out = _outcome(uv, sv, d.tokens[j], s, c.reactions)
                 c.satisfaction, c.risk = out.satisfaction, out.risk
                 c.payoff = s.leader.payoff(out, posterior)
                 valid.append((j, out))
             cands.append(c)
+        outcome = None
         if s.k > 1 and valid:
-            pick = valid[s.leader.pick([o for _, o in valid], posterior)][0]
+            pick, outcome = valid[s.leader.pick([o for _, o in valid], posterior)]
         elif valid:
-            pick = valid[0][0]
+            pick, outcome = valid[0]
         else:   # nothing judged: keep the first reply that exists, with its failure
             pick = next((j for j, f in enumerate(d.failures) if f is None), 0)
-        u, sf = judged.get((id(d), pick), (None, None))
+        u, sf, _ = judged.get((id(d), pick), (None, None, None))
         failure = cands[pick].failure
         entry = TraceEntry(iteration=d.iteration, mode=d.mode, chain=d.chain, think=d.thinks[pick],
                            response=d.texts[pick] or d.state.item.response,
@@ -185,7 +188,9 @@ def _judge_drafts(service: LLMService, drafts: list[_Draft], s: LoopSettings) ->
                            parent=d.parent)
         if s.k > 1:
             entry.candidates, entry.chosen = cands, pick
-        entry.reward = reward(entry, s)
+        if outcome is not None:
+            entry.reward = s.leader.reward(outcome, posterior)
+            entry.reactions, entry.payoff = cands[pick].reactions, cands[pick].payoff
         entries.append(entry)
     return entries
 

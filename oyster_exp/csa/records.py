@@ -87,11 +87,12 @@ class TraceCandidate(BaseModel):
     risk: float | None = None              # 1 - safety score
     cost: float = 0.0                      # response tokens / actor max_tokens
     payoff: float | None = None            # sum_theta p(theta|x) [alpha Retention - beta Risk - gamma Cost]
+    reactions: dict[str, str] | None = None   # the follower role's reaction per type (stackelberg.follower_model)
     failure: str | None = None
 
 
 class TraceEntry(_OmitUnset):
-    _omit_if_none = ("parent", "candidates", "chosen")
+    _omit_if_none = ("parent", "candidates", "chosen", "reactions", "payoff")
 
     iteration: int
     mode: str                              # "initial" or a Lingo-BP mode
@@ -106,6 +107,8 @@ class TraceEntry(_OmitUnset):
                                            # when the regression guard went back to the best)
     candidates: list[TraceCandidate] | None = None   # stackelberg=on: every candidate of this step
     chosen: int | None = None              # index of the kept candidate
+    reactions: dict[str, str] | None = None   # stackelberg=on with the follower model: reaction per follower type
+    payoff: float | None = None            # stackelberg=on: the leader's expected payoff, which is the reward
 
 
 class OptimizeRecord(Record):

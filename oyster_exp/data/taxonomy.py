@@ -364,3 +364,14 @@ def taxonomy_inputs(cfg: Any) -> dict[str, str]:
         return {}
     p = Path(str(path)).expanduser()
     return {"taxonomy_workbook": file_hash(p) if p.is_file() else "missing"}
+
+
+def rule_set_description(cfg: Any) -> str:
+    """Which risk rules a run used, for the report: the workbook named by `risk.taxonomy_path` (the paper
+    experiments point it at the authors' `oyster/risk_taxonomy.xlsx` in the shared data) with its content
+    hash, or the project's own rules (the packaged taxonomy, the demo's default)."""
+    path = cfg.risk.get("taxonomy_path")
+    if not path:
+        return f"the project's own rules (oyster_exp/{TAXONOMY_ASSET})"
+    digest = taxonomy_inputs(cfg).get("taxonomy_workbook", "missing")
+    return f"the workbook `{path}` ({'missing' if digest == 'missing' else 'sha256 ' + digest[:12]})"

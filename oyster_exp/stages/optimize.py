@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from oyster_exp.core.estimates import CHARS_PER_TOKEN, GUIDELINE_CHARS, CallEstimate, Workload
 from oyster_exp.csa.chain import SafetyChain
+from oyster_exp.csa.guideline_strength import GuidelineStrength
 from oyster_exp.csa.lingo_bp import MODES, EditSettings, LingoBPSettings, Recombiner, lingo_schedule
 from oyster_exp.csa.optimize import LoopSettings, QueryInput, QueryResult, best_index, optimize_batch
 from oyster_exp.csa.players import judge_item_for
@@ -43,7 +44,6 @@ def settings_from(cfg: Any, actor_max_tokens: int | None = None) -> LoopSettings
     if actor_max_tokens is None:
         actor_max_tokens = int(cfg.llm.roles.actor.max_tokens)
     return LoopSettings(iterations=lingo_schedule(lb), edit=edit, recombiner=lb.recombiner,
-                        w_satisfaction=float(lb.satisfaction_weight), w_safety=float(lb.safety_weight),
                         regression_guard=bool(lb.regression_guard), later_wins_ties=bool(lb.later_wins_ties),
                         early_stop=lb.early_stop.points(), leader=leader, actor_max_tokens=actor_max_tokens,
                         system_prompt=str(cfg.data.system_prompt or ""))
@@ -58,16 +58,26 @@ def record_from(res: QueryResult, s: LoopSettings) -> OptimizeRecord:
                           follower_posterior=normalise_posterior(it.posterior) if s.leader.weighs_followers else None)
 
 
+def instantiate_strength(cfg: Any) -> GuidelineStrength:
+    """`risk.guideline_strength` as the dataclass (the node is typed by the risk schema)."""
+    node = cfg.risk.get("guideline_strength")
+    return instantiate(node, _convert_="all") if node is not None else GuidelineStrength()
+
+
 class OptimizeStage(Stage):
     name = "optimize"
-    version = 3                            # 2: the auditor sees every assessed category's rules; 3: natural
-                                           # recombination, judges with rubrics, the editor sees both assessments
+    version = 4                            # 2: the auditor sees every assessed category's rules; 3: natural
+                                           # recombination, judges with rubrics, the editor sees both assessments;
+                                           # 4: entries ranked by the leader rule (alpha*S - beta*R or the payoff),
+                                           # guideline strength from p(theta|x)
     record_type = OptimizeRecord
     inputs = ("generate", "assess", "extract", "queries")   # queries: the persona and task the judges see
+    # llm.roles covers llm.roles.follower (the follower model's own role, when configured)
     config_keys = ("llm.roles", "llm.max_retries", "lingo_bp", "stackelberg", "seed", "data.system_prompt",
-                   "risk.taxonomy_path")
+                   "risk.taxonomy_path", "risk.guideline_strength")
     unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
-    templates = ("user_judge", "safety_judge", "edit", "recombine", "recombine_think")
+    templates = ("user_judge", "safety_judge", "edit", "recombine", "recombine_think", "follower",
+                 "guideline_strength")
     assets = (TAXONOMY_ASSET,)
 
     def declared_keys(self, cfg: DictConfig) -> tuple[str, ...]:
@@ -78,10 +88,12 @@ class OptimizeStage(Stage):
     def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
         """Requests per train query, K = stackelberg.candidates when on, else 1, E = Lingo-BP epochs:
         the initial answer judged (K actor samples first when K > 1), then per epoch one edit, K
-        recombinations (and, with the natural recombiner, one reasoning call) and both judges on each. An
-        upper bound, exact when no query stops early: a query that reaches its pearl point
+        recombinations (and, with the natural recombiner, one reasoning call) and both judges on each (and
+        the follower role on each when the leader rule models followers: stackelberg=on with follower_model).
+        An upper bound, exact when no query stops early: a query that reaches its pearl point
         (lingo_bp.early_stop) or fails a step skips its remaining epochs, and a failed candidate is not judged."""
-        k = int(instantiate(cfg.stackelberg).candidates)   # the leader rule: 1 unless stackelberg=on
+        leader: LeaderRule = instantiate(cfg.stackelberg, _convert_="all")
+        k = int(leader.candidates)                           # the leader rule: 1 unless stackelberg=on
         epochs = len(lingo_schedule(cfg.lingo_bp))
         n, q = work.train, work.query_chars
         resp = int(cfg.llm.roles.actor.max_tokens) * CHARS_PER_TOKEN
@@ -89,6 +101,8 @@ class OptimizeStage(Stage):
         judged = n * k * (1 + epochs)
         out = [CallEstimate("user_judge", judged, q + resp + template_chars("user_judge")),
                CallEstimate("safety_judge", judged, q + resp + GUIDELINE_CHARS + template_chars("safety_judge"))]
+        if leader.models_followers:   # the follower role (the user simulator's backend unless configured)
+            out.append(CallEstimate("follower", judged, q + resp + template_chars("follower")))
         if k > 1:
             out.append(CallEstimate("actor", n * k, q))
         if epochs:
@@ -106,6 +120,7 @@ class OptimizeStage(Stage):
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         s = settings_from(ctx.cfg)
         tax = taxonomy_for(ctx.cfg)
+        strength: GuidelineStrength = instantiate_strength(ctx.cfg)
         assess = {r.id: r for r in inputs["assess"]}
         chains = {r.id: r for r in inputs["extract"]}
         queries = {r.id: r for r in inputs.get("queries", [])}
@@ -121,9 +136,10 @@ class OptimizeStage(Stage):
                 continue
             # the auditor's view: every assessed category, one rule block each, in the query's language
             view = judge_item_for(g.query, "", g.language, a, tax)
-            category, guideline = view.category, view.guideline
             posterior = getattr(a.assessment, "follower_posterior", None) if a.assessment else None
             q = queries.get(g.id)
+            # p(theta|x) sets how strictly the auditor applies those rules (risk.guideline_strength)
+            category, guideline = view.category, strength.apply(view.guideline, posterior, g.language)
             todo.append(QueryInput(id=g.id, query=g.query, lang=g.language, think=g.think, response=g.response,
                                    chain=c.chain or SafetyChain(), category=category, guideline=guideline,
                                    posterior=posterior, persona=q.persona if q else "", task=q.task if q else ""))

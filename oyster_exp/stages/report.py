@@ -12,6 +12,7 @@ from typing import Any
 
 from oyster_exp.csa.lingo_bp import lingo_schedule
 from oyster_exp.csa.records import ReportRecord
+from oyster_exp.data.taxonomy import rule_set_description
 from oyster_exp.evaluation.benchmarks import configured
 from oyster_exp.evaluation.summary import paired_deltas, summarise
 from oyster_exp.pipeline.artifacts import CacheEntry, Journal
@@ -42,7 +43,7 @@ class ReportStage(Stage):
     record_type = ReportRecord
     inputs = ("evaluate",)
     cacheable = False
-    config_keys = ("eval", "seed", "run_name", "model.model_id", "objective.name", "lingo_bp")
+    config_keys = ("eval", "seed", "run_name", "model.model_id", "objective.name", "lingo_bp", "risk.taxonomy_path")
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         from oyster_exp.reporting.plots import plot_bars_with_ci, plot_construction_curves
@@ -87,6 +88,8 @@ class ReportStage(Stage):
             f"Base model `{ctx.cfg.model.model_id}`, objective `{getattr(obj, 'value', obj)}`,"
             f" Lingo-BP schedule `{lingo_schedule(ctx.cfg.lingo_bp)}`,"
             f" eval suite `{ev.name}`, seed {ctx.cfg.seed}.",
+            "",
+            f"Risk rules: {rule_set_description(ctx.cfg)}.",
             "",
             *tables,
             *(f"![{Path(p).stem}]({p})" for p in plots),

@@ -20,6 +20,7 @@ from lingo_world import (
     sat_score,
     tokens_of,
     verdict,
+    world_reactions,
     world_reward,
 )
 
@@ -29,7 +30,7 @@ from oyster_exp.llm.cache import CallCache
 from oyster_exp.llm.service import LLMService, RoleBinding
 from oyster_exp.stages.optimize import settings_from
 
-ROLES = ("actor", "user_judge", "safety_judge", "editor")
+ROLES = ("actor", "user_judge", "safety_judge", "editor", "follower")
 POSTERIORS: list[dict[str, float] | None] = [None, {"benign": 0.8, "sensitive": 0.15, "malicious": 0.05},
                                              {"benign": 0.1, "sensitive": 0.2, "malicious": 0.7}]
 
@@ -97,14 +98,20 @@ def test_stackelberg_on_picks_the_payoff_maximising_candidate_every_time(compose
             truth = []
             for c in e.candidates:
                 toks = set(MARK.findall(c.response))
+                retention, risk = w.reactions.of(world_reactions(case, toks))
                 outcome = CandidateOutcome(satisfaction=sat_score(case, toks),
                                            risk=1.0 - SAFETY_SCORE[verdict(case, toks)],
-                                           cost=min(1.0, len(c.response.split()) / max_tokens))
+                                           cost=min(1.0, len(c.response.split()) / max_tokens),
+                                           reaction=retention, reaction_risk=risk)
                 truth.append(expected_payoff(outcome, posterior, w))
                 assert c.payoff == pytest.approx(truth[-1])
+                assert c.reactions == world_reactions(case, toks)
             best = max(range(len(truth)), key=lambda k: (truth[k], -k))
             assert e.chosen == best, (case.qid, e.iteration, truth)
             assert e.response == e.candidates[best].response
+            # the payoff that chose the entry is its reward: the best entry and the pairs follow it
+            assert e.reward == pytest.approx(truth[best]) and e.payoff == pytest.approx(truth[best])
+            assert e.reactions == e.candidates[best].reactions
             assert len({c.seed for c in e.candidates}) == 4
             checked += 1
             not_first += best != 0

@@ -133,9 +133,13 @@ def test_llm_estimate_scales_with_the_schedule(compose_cfg) -> None:
     assert template["optimize_calls_per_query"] == 14     # the fixed reasoning text needs no call
     k4 = estimate_llm(compose_cfg("stackelberg=on", "stackelberg.candidates=4"), work)
     # Stackelberg samples K candidates in optimize (the initial answer and every recombination), each judged
-    # by both judges; generate still asks once for the answer and once for its reasoning
+    # by both judges and, for the follower model, by the follower role; generate still asks once for the answer
+    # and once for its reasoning
     assert k4["per_stage"]["generate"]["calls"] == 10 * 2
-    assert k4["optimize_calls_per_query"] == 4 + 2 * 4 + 1 + 4 + 1 + 2 * 4   # one reasoning call per draft
+    assert k4["optimize_calls_per_query"] == 4 + 3 * 4 + 1 + 4 + 1 + 3 * 4   # one reasoning call per draft
+    no_model = estimate_llm(compose_cfg("stackelberg=on", "stackelberg.candidates=4",
+                                        "stackelberg.follower_model=false"), work)
+    assert no_model["optimize_calls_per_query"] == 4 + 2 * 4 + 1 + 4 + 1 + 2 * 4
 
 
 # --- each stage's estimate against a real tiny run -------------------------------------------------------------
