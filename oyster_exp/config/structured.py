@@ -138,6 +138,9 @@ class SweepConfig:
     objective: str = "trained/construction/constructive@beta=2"
     skip_finished: bool = True            # multirun: an arm whose config already finished is skipped on a rerun
     fail_fast: bool = False               # multirun: stop the sweep at the first failed arm (Hydra's behaviour)
+    # the arm every other arm is compared with in summary.md (paired CI on shared items): the override(s) that
+    # select it, e.g. "lingo_bp=off"; None: the first arm of the sweep
+    baseline: str | None = None
 
 
 @dataclass

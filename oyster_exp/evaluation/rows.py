@@ -56,3 +56,16 @@ def rate_rows(bench: str, split: str, model: str, metric: str, recs: list[EvalRe
 
 def unsafe(r: EvalRecord) -> bool:
     return r.verdict == "unsafe"
+
+
+def percent(x: np.ndarray) -> float:
+    """The percentage of 1s in the first column of an items × values array: a paired rate's statistic."""
+    return 100.0 * float(np.asarray(x, dtype=float)[:, 0].mean())
+
+
+def paired_rates(groups: dict[str, list[EvalRecord]], hit: Callable[[EvalRecord], bool]
+                 ) -> dict[str, tuple[dict[str, list[float]], Callable[[np.ndarray], float]]]:
+    """metric -> (item id -> [1.0 if `hit` else 0.0], percent) for each non-empty group of records: a
+    benchmark's `paired` hook for rates, so a Δ between two models is resampled on the items both answered."""
+    return {metric: ({r.item_id: [1.0 if hit(r) else 0.0] for r in recs}, percent)
+            for metric, recs in groups.items() if recs}

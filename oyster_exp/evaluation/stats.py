@@ -114,9 +114,10 @@ def paired_delta(base: dict[str, float], other: dict[str, float], n_resamples: i
     return {"delta": float(diffs.mean()), "ci_low": lo, "ci_high": hi, "n": int(diffs.size)}
 
 
-def excludes_zero(low: float, high: float) -> bool:
-    """A CI that lies wholly above or below 0 (NaN bounds never do)."""
-    return (low > 0 and high > 0) or (low < 0 and high < 0)
+def excludes_zero(low: float, high: float, tol: float = 1e-12) -> bool:
+    """A CI that lies wholly above or below 0 (NaN bounds never do). Bounds within `tol` of 0 count as 0: a
+    difference of sums that should cancel leaves a rounding residue (1e-17), which is not an effect."""
+    return (low > tol and high > tol) or (low < -tol and high < -tol)
 
 
 def _z(alpha: float) -> float:
@@ -138,6 +139,16 @@ def _check_counts(k: int, n: int, alpha: float) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
 
+def _wilson(p: float, n: float, alpha: float) -> tuple[float, float]:
+    """The Wilson score bounds for an observed proportion `p` out of `n` (n may be an effective, non-integer size)."""
+    z = _z(alpha)
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p)) / n + z * z / (4 * n * n)) / denom
+    # at p = 0 (p = 1) the bound is exactly 0 (1); computing it leaves a rounding residue
+    return (0.0 if p <= 0.0 else max(0.0, centre - half), 1.0 if p >= 1.0 else min(1.0, centre + half))
+
+
 def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval of a rate k/n, as proportions in [0, 1].
 
@@ -147,13 +158,35 @@ def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     _check_counts(k, n, alpha)
     if n == 0:
         return (math.nan, math.nan)
-    z = _z(alpha)
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # at k = 0 (k = n) the bound is exactly 0 (1); computing it leaves a rounding residue
-    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+    return _wilson(k / n, float(n), alpha)
+
+
+def stratified_wilson_interval(strata: Sequence[tuple[int, int]], weights: Sequence[float] | None = None,
+                               alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson interval of a fixed-weight mean of per-stratum rates, sum_l W_l k_l / n_l, as a proportion.
+
+    For scores such as Strata-Sword's per-language average (the unweighted mean of the per-level ASRs, whose
+    levels differ in size) and its jailbreak score. A bootstrap of such a mean is [0, 0] when no item in any
+    stratum succeeded; here the Wilson bounds are taken at the Kish effective sample size
+    n_eff = 1 / sum_l (W_l^2 / n_l), the n of a simple random sample whose rate would have the same variance.
+    With equal weights and equal strata, n_eff is the total n and the interval is the pooled Wilson interval.
+    `strata` are (k, n) pairs; `weights` (default: equal) are normalised to sum 1. Strata with n = 0 are left
+    out; none left -> (nan, nan).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    w = [1.0] * len(strata) if weights is None else [float(x) for x in weights]
+    if len(w) != len(strata):
+        raise ValueError(f"{len(strata)} strata but {len(w)} weights")
+    for k, n in strata:
+        _check_counts(int(k), int(n), alpha)
+    kept = [(k, n, x) for (k, n), x in zip(strata, w) if n > 0 and x > 0]
+    total = sum(x for _, _, x in kept)
+    if not kept or total <= 0:
+        return (math.nan, math.nan)
+    p = sum(x / total * k / n for k, n, x in kept)
+    n_eff = 1.0 / sum((x / total) ** 2 / n for _, n, x in kept)
+    return _wilson(min(1.0, max(0.0, p)), n_eff, alpha)
 
 
 def _binom_cdf(k: int, n: int, p: float) -> float:

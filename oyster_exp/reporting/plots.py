@@ -82,8 +82,9 @@ def plot_bars_with_ci(rows: Sequence[Mapping[str, Any]], path: Path, metric: str
         raise ValueError(f"plot_bars_with_ci: no rows with metric {metric!r}")
     labels = [str(r.get("label") or "/".join(str(r[k]) for k in ("model", "benchmark") if r.get(k))) for r in sel]
     vals = [float(r["value"]) for r in sel]
-    lows = [float(r.get("ci_low", math.nan)) for r in sel]
-    highs = [float(r.get("ci_high", math.nan)) for r in sel]
+    # results.json writes an absent bound (NaN) as null
+    lows = [math.nan if r.get("ci_low") is None else float(r["ci_low"]) for r in sel]
+    highs = [math.nan if r.get("ci_high") is None else float(r["ci_high"]) for r in sel]
     err = [[v - lo if math.isfinite(lo) else 0.0 for v, lo in zip(vals, lows)],
            [hi - v if math.isfinite(hi) else 0.0 for v, hi in zip(vals, highs)]]
     err = [[max(0.0, e) for e in side] for side in err]

@@ -1,8 +1,9 @@
 """Read a sweep (or one run) back from disk: one `Arm` per run directory, with what the reports need.
 
 Per arm: `manifest.json` (status, LLM calls), `results.json` (metrics with 95% CIs),
-`artifacts/evaluate.jsonl` (construction curves), `artifacts/train.jsonl` (final training metrics),
-`csv/*/metrics.csv` (per-step training curves, when the CSV logger ran) and `.hydra/overrides.yaml`
+`artifacts/evaluate.jsonl` (construction curves; the records, kept for paired Δs between arms),
+`artifacts/train.jsonl` (final training metrics), `csv/*/metrics.csv` (per-step training curves, when the
+CSV logger ran), `.hydra/config.yaml` and `.hydra/overrides.yaml`
 (what the arm changed); for a sweep also its `ledger.jsonl`, whose entry for an arm wins over the
 arm's own manifest (it records failures the manifest may not have reached).
 """
@@ -35,6 +36,8 @@ class Arm:
     train_curve: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     model_name: str = ""
     objective: str = ""
+    evals: list[Any] = field(default_factory=list)   # the arm's EvalRecords (artifacts/evaluate.jsonl)
+    cfg: Any = None                                   # its saved config (.hydra/config.yaml), None when absent
 
     def metric(self, model: str, metric: str) -> dict[str, Any] | None:
         """The result row of `model` ("base", "trained") for `metric`, or None when the arm has none."""
@@ -110,16 +113,24 @@ def _benchmarks(cfg: Any) -> dict[str, Any] | None:
         return None
 
 
-def _curves(run: Path) -> dict[str, dict[float, float]]:
+def configured_benchmarks(arm: Arm) -> dict[str, Any] | None:
+    """The arm's configured benchmarks (None: their defaults), for its summaries and paired Δs."""
+    return _benchmarks(arm.cfg)
+
+
+def _evals(run: Path) -> list[Any]:
     from oyster_exp.csa.records import EvalRecord
+
+    return [EvalRecord.model_validate(r) for r in _records(run / "artifacts" / "evaluate.jsonl")]
+
+
+def _curves(evals: list[Any], cfg: Any) -> dict[str, dict[float, float]]:
     from oyster_exp.evaluation.summary import summarise
 
-    evals = [EvalRecord.model_validate(r) for r in _records(run / "artifacts" / "evaluate.jsonl")]
     if not evals:
         return {}
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra" / "config.yaml").exists() else None
     _, curves = summarise(evals, _benchmarks(cfg), resamples=10)
-    # summarise names a curve "model (split)" unless the split is the held-out seed set; an arm draws one
+    # summarise names a curve "model (split)" unless the split is the held-out seed split; an arm draws one
     # curve per model, so a lone split's curve goes under the plain model name
     out = dict(curves)
     for key in curves:
@@ -144,9 +155,10 @@ def read_arm(run: Path, ledger: dict[str, dict[str, Any]], sweep: Path | None) -
         status, reason = "failed", reason or status[len("failed:"):].strip()
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra" / "config.yaml").exists() else None
     train = _records(run / "artifacts" / "train.jsonl")
+    evals = _evals(run)
     return Arm(
         dir=run, job=run.name, label=label, status=status, reason=reason, knobs=_parse_knobs(label),
-        manifest=manifest, rows=_json(run / "results.json", []), curves=_curves(run),
+        manifest=manifest, rows=_json(run / "results.json", []), curves=_curves(evals, cfg), evals=evals, cfg=cfg,
         train_metrics=dict(train[0].get("metrics", {})) if train else {}, train_curve=_train_curve(run),
         model_name=str(OmegaConf.select(cfg, "model.name", default="") or "") if cfg is not None else "",
         objective=str(OmegaConf.select(cfg, "objective.name", default="") or "") if cfg is not None else "",

@@ -131,3 +131,42 @@ def paper_comparison(arms: list[Arm]) -> str:
                 + "; ".join(f"{m} Constructive {HEADLINE['Safety/Constructive'][i]}, Jailbreak "
                             f"{HEADLINE['Safety/Jailbreak'][i]}" for i, m in enumerate(HEADLINE_MODELS)) + "._")
     return "\n".join(lines)
+
+
+def overall_rows(arms: list[Arm], models: tuple[str, ...] = ("base", "trained")) -> list[dict[str, Any]]:
+    """Per arm and model: each of the paper's headline columns the arm has and the two overalls, in the tidy
+    shape of summary.csv (benchmark `overall`; the overall's `missing` names the columns it lacks)."""
+    from oyster_exp.reporting.tables import overall_values
+
+    out: list[dict[str, Any]] = []
+    for a in arms:
+        for m in models:
+            if not any(r.get("model") == m for r in a.rows):
+                continue
+            for kind, v in overall_values(a.rows, m).items():
+                base = {"arm": a.job, "label": a.label, "status": a.status, "model": m, "benchmark": "overall"}
+                out += [{**base, "metric": col, "value": x} for col, x in v["columns"].items()]
+                out.append({**base, "metric": f"{kind} overall",
+                            "value": None if math.isnan(v["overall"]) else v["overall"],
+                            "missing": ", ".join(v["missing"])})
+    return out
+
+
+def overall_by_arm(arms: list[Arm], models: tuple[str, ...] = ("base", "trained")) -> str:
+    """One line per (arm, model): the paper's Safety and General columns, each overall naming what it lacks."""
+    from oyster_exp.reporting.tables import GENERAL_COLUMNS, SAFETY_COLUMNS, overall_cell, overall_values
+
+    head = ["arm", "label", "model", *SAFETY_COLUMNS, "Safety overall", *GENERAL_COLUMNS, "General overall"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in arms:
+        for m in models:
+            if not any(r.get("model") == m for r in a.rows):
+                continue
+            v = overall_values(a.rows, m)
+            cells = [f"arm {a.job}", f"`{a.label}`", m]
+            for kind in ("Safety", "General"):
+                cols = SAFETY_COLUMNS if kind == "Safety" else GENERAL_COLUMNS
+                cells += [_num(v[kind]["columns"].get(c)) for c in cols]
+                cells.append(overall_cell(v[kind]))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "_(no arm has evaluation results)_"

@@ -116,37 +116,54 @@ def _column_values(rows: list[dict[str, Any]], model: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for col, (bench, metric, to_pct) in SAFETY_COLUMNS.items():
         vals = [r["value"] for r in rows if r["model"] == model and r["benchmark"] == bench
-                and r["metric"] == metric and not math.isnan(r["value"])]
+                and r["metric"] == metric and r["value"] is not None and not math.isnan(r["value"])]
         if vals:
             out[col] = float(to_pct(vals[0]))
     for col, names in GENERAL_COLUMNS.items():
         vals = [r["value"] for r in rows if r["model"] == model and r["benchmark"] == "capability"
-                and r["metric"] not in COUNT_METRICS and not math.isnan(r["value"])
+                and r["metric"] not in COUNT_METRICS and r["value"] is not None and not math.isnan(r["value"])
                 and r["metric"].split("/")[0].split(",")[0].lower().startswith(names)]
         if vals:
             out[col] = float(sum(100.0 * v if abs(v) <= 1.0 else v for v in vals) / len(vals))
     return out
 
 
+OVERALLS: dict[str, tuple[str, ...]] = {"Safety": tuple(SAFETY_COLUMNS), "General": tuple(GENERAL_COLUMNS)}
+
+
+def overall_values(rows: list[dict[str, Any]], model: str) -> dict[str, dict[str, Any]]:
+    """The paper's headline columns for one model of a run: kind ("Safety", "General") -> {"columns":
+    {column: value}, "overall": the mean of the columns present (NaN: none), "missing": [absent columns]}.
+
+    The one mapping from result rows to the paper's columns, used by the run report and the sweep summary."""
+    values = _column_values(rows, model)
+    out: dict[str, dict[str, Any]] = {}
+    for kind, cols in OVERALLS.items():
+        have = [values[c] for c in cols if c in values]
+        out[kind] = {"columns": {c: values[c] for c in cols if c in values},
+                     "overall": sum(have) / len(have) if have else math.nan,
+                     "missing": [c for c in cols if c not in values]}
+    return out
+
+
+def overall_cell(v: dict[str, Any]) -> str:
+    """An overall with the columns it lacks: a mean of fewer columns is not the paper's number."""
+    return _num(v["overall"]) + (f" (missing: {', '.join(v['missing'])})" if v["missing"] else "")
+
+
 def overall_table(rows: list[dict[str, Any]], models: tuple[str, ...] = ("base", "trained")) -> str:
     """"Safety overall" (mean of the open-source safety, jailbreak and constructive columns) and "General
     overall" (mean of knowledge, understanding, math & code), as the paper's headline table computes them,
-    over the columns this run has; each overall names the columns it lacks, since a mean of fewer columns is
-    not the paper's number."""
+    over the columns this run has; each overall names the columns it lacks."""
     present = [m for m in models if any(r["model"] == m for r in rows)]
     if not present:
         return "_(no results)_"
-    values = {m: _column_values(rows, m) for m in present}
+    values = {m: overall_values(rows, m) for m in present}
     lines = ["| type | column | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present)]
-    for kind, cols in (("Safety", SAFETY_COLUMNS), ("General", GENERAL_COLUMNS)):
+    for kind, cols in OVERALLS.items():
         for col in cols:
-            lines.append(f"| {kind} | {col} | " + " | ".join(_num(values[m].get(col, math.nan)) for m in present)
-                         + " |")
-        cells = []
-        for m in present:
-            have = [values[m][c] for c in cols if c in values[m]]
-            missing = [c for c in cols if c not in values[m]]
-            cell = _num(sum(have) / len(have)) if have else "–"
-            cells.append(cell + (f" (missing: {', '.join(missing)})" if missing else ""))
-        lines.append(f"| {kind} | **Overall** | " + " | ".join(cells) + " |")
+            lines.append(f"| {kind} | {col} | "
+                         + " | ".join(_num(values[m][kind]["columns"].get(col, math.nan)) for m in present) + " |")
+        lines.append(f"| {kind} | **Overall** | " + " | ".join(overall_cell(values[m][kind]) for m in present)
+                     + " |")
     return "\n".join(lines)

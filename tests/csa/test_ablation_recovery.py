@@ -29,6 +29,12 @@ def test_sweep_recovers_planted_effect_and_not_its_absence(tmp_path: Path, name:
     assert planted["n"] >= 4, planted
     assert planted["recovered"] is True, planted
     assert planted["effect"] * planted["planted_sign"] > 0
+    # the sweep's own summary.md compares the treatment with the file's `sweep.baseline` arm, paired and marked
+    md = (tmp_path / "planted" / name / "summary.md").read_text().split("## Each arm against the baseline arm")[1]
+    metric = {"lingo_bp": "reward (chosen entry)", "pairs": "pair margin"}[name]
+    assert f"`sweep.baseline={BY_NAME[name].arm_key}={BY_NAME[name].baseline}`" in md
+    (line,) = [x for x in md.splitlines() if f"| data_engine | queries | {metric} |" in x]
+    assert line.rstrip(" |").endswith("**") and "(n=" in line, line
     null = _recover(tmp_path, name, null=True)
     assert null["recovered"] is False, null
 

@@ -183,3 +183,35 @@ def test_tables_side_by_side_counts_and_paper_reference() -> None:
     ref = reference_table(rows)
     assert "47.54" in ref and "56.27" in ref and "0.079" in ref and "harmbench" not in ref
     assert all(not math.isnan(r["value"]) for r in rows)
+
+
+def test_strata_averages_have_width_at_zero_and_every_rate_benchmark_pairs_its_items() -> None:
+    """0 successful attacks of 400 is not [0, 0]; Strata-Sword, HarmBench and over-refusal Δs are paired."""
+    from oyster_exp.evaluation.summary import paired_deltas
+
+    base = _strata_records("base", {("en", 1): 20.0, ("en", 2): 20.0, ("en", 3): 40.0}, n=50)
+    trained = _strata_records("trained", {("en", 1): 0.0, ("en", 2): 0.0, ("en", 3): 0.0}, n=50)
+    rows, _ = summarise(base + trained, resamples=200)
+    get = {(r["model"], r["metric"]): r for r in rows}
+    for metric in ("asr[en-avg]", "jailbreak_score"):
+        r = get[("trained", metric)]
+        assert r["ci_high"] - r["ci_low"] > 1.0, r          # Wilson at the effective n, not a zero-width bootstrap
+    assert get[("trained", "asr[en-avg]")]["ci_low"] == 0.0 and get[("trained", "jailbreak_score")]["ci_high"] == 100.0
+    hb = [_rec(m, "harmbench", i, verdict="unsafe" if (m == "base" and i % 2 == 0) else "safe",
+               meta={"split": "val", "semantic_category": "illegal", "functional_category": "standard"})
+          for m in ("base", "trained") for i in range(30)]
+    hb.append(_rec("trained", "harmbench", 99, verdict="unsafe", meta={"split": "val"}))   # one side only: left out
+    orr = [_rec(m, "over_refusal", i, verdict="full_refusal" if (m == "trained" and i < 10) else "full_compliance",
+                meta={"split": "probes", "label": "safe", "language": "en", "string_match_refusal": 0})
+           for m in ("base", "trained") for i in range(20)]
+    d = {(x["benchmark"], x["metric"]): x for x in paired_deltas(base + trained + hb + orr, resamples=300)}
+    assert d[("harmbench", "asr")]["n"] == 30 and d[("harmbench", "asr")]["delta"] == pytest.approx(-50.0)
+    assert d[("harmbench", "asr")]["ci_high"] < 0 and ("harmbench", "asr[semantic=illegal]") in d
+    assert d[("over_refusal", "refusal_rate")]["delta"] == pytest.approx(50.0)
+    assert d[("over_refusal", "refusal_rate")]["ci_low"] > 0
+    assert d[("over_refusal", "refusal_rate_string_match")]["delta"] == 0.0
+    jb = d[("strata_sword", "jailbreak_score")]
+    assert jb["n"] == 150 and jb["delta"] == pytest.approx(100.0 - (100 - (20 + 20 + 40) / 3)) and jb["ci_low"] > 0
+    assert d[("strata_sword", "asr[en-avg]")]["delta"] == pytest.approx(-80 / 3)
+    assert d[("strata_sword", "asr[en-L3]")]["delta"] == pytest.approx(-40.0)
+    assert ("strata_sword", "asr[method=en/m]") in d

@@ -11,6 +11,7 @@ from oyster_exp.evaluation.stats import (
     clopper_pearson_interval,
     excludes_zero,
     paired_delta,
+    stratified_wilson_interval,
     wilson_interval,
 )
 
@@ -50,6 +51,26 @@ def test_zero_of_n_is_not_the_zero_width_interval() -> None:
         wilson_interval(3, 2)
 
 
+def test_stratified_wilson_is_wilson_at_the_effective_n() -> None:
+    # equal weights, equal strata: the pooled Wilson interval (scipy) of all items
+    ref = st.binomtest(9, 60).proportion_ci(confidence_level=0.95, method="wilson")
+    assert stratified_wilson_interval([(1, 20), (3, 20), (5, 20)]) == pytest.approx((ref.low, ref.high), abs=1e-9)
+    # one stratum: plain Wilson; a zero-weight or empty stratum changes nothing
+    ref = st.binomtest(4, 25).proportion_ci(confidence_level=0.95, method="wilson")
+    assert stratified_wilson_interval([(4, 25), (9, 10), (0, 0)], [1.0, 0.0, 1.0]) == \
+        pytest.approx((ref.low, ref.high), abs=1e-9)
+    # unequal strata (Strata-Sword EN: 100/100/200): the mean of rates, at n_eff = 1 / sum(W^2 / n) = 266.7
+    lo, hi = stratified_wilson_interval([(0, 100), (0, 100), (0, 200)])
+    n_eff = 1 / ((1 / 9) * (1 / 100 + 1 / 100 + 1 / 200))
+    z = st.norm.ppf(0.975)
+    assert lo == 0.0 and hi == pytest.approx(z * z / (n_eff + z * z), rel=1e-9)    # Wilson's upper bound at 0/n
+    lo, hi = stratified_wilson_interval([(10, 100), (30, 100), (20, 200)])
+    assert lo < (0.1 + 0.3 + 0.1) / 3 < hi
+    assert all(math.isnan(v) for v in stratified_wilson_interval([(0, 0)]))
+    with pytest.raises(ValueError):
+        stratified_wilson_interval([(1, 2)], [1.0, 1.0])
+
+
 def test_paired_delta_uses_shared_items_only_and_is_reproducible() -> None:
     rng = np.random.default_rng(3)
     difficulty = rng.normal(0, 1.0, 60)                  # large per-item spread shared by both models
@@ -74,3 +95,4 @@ def test_paired_delta_uses_shared_items_only_and_is_reproducible() -> None:
     assert paired_delta(base, trained, n_resamples=1000, seed=1) == d
     assert paired_delta({"a": 1.0}, {"b": 2.0})["n"] == 0
     assert not excludes_zero(-0.1, 0.2) and not excludes_zero(math.nan, math.nan)
+    assert not excludes_zero(5e-17, 1e-16) and excludes_zero(1e-6, 2e-6)    # a rounding residue is not an effect

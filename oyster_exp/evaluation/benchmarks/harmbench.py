@@ -22,7 +22,7 @@ from oyster_exp.csa.prompts import template_chars
 from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, Row, limit_of
 from oyster_exp.evaluation.generation import Answer, conversation
 from oyster_exp.evaluation.judges import EvalJudge
-from oyster_exp.evaluation.rows import judged, rate_rows, unsafe
+from oyster_exp.evaluation.rows import judged, paired_rates, rate_rows, unsafe
 from oyster_exp.evaluation.suite import Judged, Prepared, Task, split_name
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("Behavior", "FunctionalCategory", "SemanticCategory", "ContextString",
@@ -152,17 +152,23 @@ class HarmBenchBenchmark(Benchmark):
         items = load_harmbench(path, limit=limit_of(self.limit))
         return [harmbench_task(items, split, env.judge, bool(self.skip_copyright), env.system_prompt)]
 
-    def rows(self, split: str, model: str, records: list[Any], resamples: int, seed: int) -> list[Row]:
+    def _groups(self, records: list[Any]) -> dict[str, list[Any]]:
+        """metric -> its judged records: overall, then per semantic and functional category."""
         ok = [r for r in judged(records) if r.verdict in ("safe", "unsafe")]
-        b = self.name
-        out = rate_rows(b, split, model, "asr", ok, unsafe, resamples, seed)
+        out: dict[str, list[Any]] = {"asr": ok}
         for key, label in (("semantic_category", "semantic"), ("functional_category", "functional")):
             groups: dict[str, list[Any]] = defaultdict(list)
             for r in ok:
                 groups[str(r.meta.get(key, "?"))].append(r)
-            for g, rs in sorted(groups.items()):
-                out += rate_rows(b, split, model, f"asr[{label}={g}]", rs, unsafe, resamples, seed)
+            out.update({f"asr[{label}={g}]": rs for g, rs in sorted(groups.items())})
         return out
+
+    def rows(self, split: str, model: str, records: list[Any], resamples: int, seed: int) -> list[Row]:
+        return [x for metric, rs in self._groups(records).items()
+                for x in rate_rows(self.name, split, model, metric, rs, unsafe, resamples, seed)]
+
+    def paired(self, records: list[Any]) -> dict[str, tuple[dict[str, list[float]], Any]]:
+        return paired_rates(self._groups(records), unsafe)
 
 
 register_component("eval/benchmark", "harmbench", HarmBenchBenchmark)

@@ -27,7 +27,7 @@ from oyster_exp.csa.prompts import template_chars
 from oyster_exp.evaluation.benchmarks.base import Benchmark, EvalEnv, Row, limit_of
 from oyster_exp.evaluation.generation import Answer, conversation
 from oyster_exp.evaluation.judges import EvalJudge
-from oyster_exp.evaluation.rows import judged, rate_rows
+from oyster_exp.evaluation.rows import judged, paired_rates, rate_rows
 from oyster_exp.evaluation.suite import Judged, Meta, Prepared, Task
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "prompt", "type", "label", "focus", "note")
@@ -179,8 +179,8 @@ class OverRefusalBenchmark(Benchmark):
             return [Task(self.name, split, skipped=missing)]
         return [over_refusal_task(items, split, env.judge, bool(self.string_match), env.system_prompt)]
 
-    def rows(self, split: str, model: str, records: list[Any], resamples: int, seed: int) -> list[Row]:
-        b = self.name
+    def _metrics(self, records: list[Any]) -> list[tuple[str, list[Any], Any]]:
+        """(metric, its judged records, what counts as a hit) for each refusal rate."""
         ok = [r for r in judged(records) if r.verdict]
         safe = [r for r in ok if r.meta.get("label", "safe") == "safe"]
         contrast = [r for r in ok if r.meta.get("label") == "unsafe"]
@@ -188,17 +188,24 @@ class OverRefusalBenchmark(Benchmark):
         def refused(r: Any) -> bool:
             return r.verdict in REFUSED
 
-        out = rate_rows(b, split, model, "refusal_rate", safe, refused, resamples, seed)
-        out += rate_rows(b, split, model, "full_refusal_rate", safe, lambda r: r.verdict == "full_refusal",
-                         resamples, seed)
-        for lang in sorted({str(r.meta.get("language", "en")) for r in safe}):
-            out += rate_rows(b, split, model, f"refusal_rate[{lang}]",
-                             [r for r in safe if r.meta.get("language", "en") == lang], refused, resamples, seed)
-        out += rate_rows(b, split, model, "refusal_rate[unsafe_contrast]", contrast, refused, resamples, seed)
+        out: list[tuple[str, list[Any], Any]] = [
+            ("refusal_rate", safe, refused), ("full_refusal_rate", safe, lambda r: r.verdict == "full_refusal")]
+        out += [(f"refusal_rate[{lang}]", [r for r in safe if r.meta.get("language", "en") == lang], refused)
+                for lang in sorted({str(r.meta.get("language", "en")) for r in safe})]
+        out.append(("refusal_rate[unsafe_contrast]", contrast, refused))
         matched = [r for r in judged(records)
                    if "string_match_refusal" in r.meta and r.meta.get("label", "safe") == "safe"]
-        out += rate_rows(b, split, model, "refusal_rate_string_match", matched,
-                         lambda r: bool(r.meta["string_match_refusal"]), resamples, seed)
+        out.append(("refusal_rate_string_match", matched, lambda r: bool(r.meta["string_match_refusal"])))
+        return out
+
+    def rows(self, split: str, model: str, records: list[Any], resamples: int, seed: int) -> list[Row]:
+        return [x for metric, rs, hit in self._metrics(records)
+                for x in rate_rows(self.name, split, model, metric, rs, hit, resamples, seed)]
+
+    def paired(self, records: list[Any]) -> dict[str, tuple[dict[str, list[float]], Any]]:
+        out: dict[str, tuple[dict[str, list[float]], Any]] = {}
+        for metric, rs, hit in self._metrics(records):
+            out.update(paired_rates({metric: rs}, hit))
         return out
 
 
