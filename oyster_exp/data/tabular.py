@@ -53,7 +53,8 @@ def read_table(ref: TableRef) -> list[tuple[str, dict[str, Any]]]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
-        return [(f"{path} row {i}", row) for i, row in enumerate(_dataset_rows(_load_from_disk(path, ref.split)), 1)]
+        rows = _load_from_disk(path, ref.split).to_list()      # one Arrow->Python conversion, not one per row
+        return [(f"{path} row {i}", row) for i, row in enumerate(rows, 1)]
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return list(_csv_rows(path))
@@ -124,10 +125,6 @@ def _load_from_disk(path: Path, split: str) -> Any:
     return ds
 
 
-def _dataset_rows(ds: Any) -> Iterator[dict[str, Any]]:
-    yield from ds
-
-
 @contextlib.contextmanager
 def _hub_offline() -> Iterator[None]:
     """The hub switched off for one call: a dataset name resolves from the local cache or not at all."""
@@ -159,5 +156,5 @@ def _load_hub(ref: TableRef) -> Any:
 
 
 def _hub_rows(ref: TableRef) -> Iterator[tuple[str, dict[str, Any]]]:
-    for i, row in enumerate(_load_hub(ref), 1):
+    for i, row in enumerate(_load_hub(ref).to_list(), 1):
         yield f"{ref.path}[{ref.split}] row {i}", row
