@@ -288,6 +288,7 @@ def _check_eval(cfg: DictConfig) -> None:
     if ev.judge.client is None and ev.judge.role not in cfg.llm.roles:
         raise ConfigError("eval.judge.role", f"no llm role {ev.judge.role!r}; choose from "
                           f"{', '.join(cfg.llm.roles)} or set eval.judge.client")
+    names: dict[str, str] = {}
     for key in ev:
         node = ev[key]
         if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -307,6 +308,11 @@ def _check_eval(cfg: DictConfig) -> None:
             obj = instantiate(node, _convert_="all")   # the component itself: its schema has no methods
             for knob, msg in getattr(obj, "config_problems", lambda: [])():
                 raise ConfigError(f"eval.{key}.{knob}", msg)
+            name = str(getattr(obj, "name", "") or key)   # records and rows are told apart by this name
+            if name in names:
+                raise ConfigError(f"eval.{key}.name", f"{name!r} is also the name of eval.{names[name]}; every "
+                                  f"benchmark of a suite needs its own name")
+            names[name] = str(key)
 
 
 def validate_config(cfg: DictConfig, resolve: bool = True) -> None:

@@ -19,3 +19,11 @@ def file_hash(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def path_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order): a saved
+    `datasets` folder is one input whose every file decides what is read from it."""
+    if path.is_file():
+        return file_hash(path)
+    return stable_hash({str(p.relative_to(path)): file_hash(p) for p in sorted(path.rglob("*")) if p.is_file()})

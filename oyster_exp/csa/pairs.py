@@ -211,6 +211,20 @@ def sft_rows(pairs: Sequence[PairRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+def trl_rows(pairs: Sequence[PairRecord]) -> list[dict[str, Any]]:
+    """The pairs in TRL's conversational preference format plus our metadata columns, one row per pair.
+
+    `prompt` is the system/user turns; `chosen` and `rejected` are one assistant message each, which is
+    what TRL's preference trainers (DPO, ORPO, CPO, KTO via unpairing) read as is. Skipped pairs are left out.
+    """
+    return [{"prompt": [{"role": m["role"], "content": m["content"]} for m in p.prompt],
+             "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}],
+             "id": p.id, "query_id": p.query_id or p.id, "margin": p.margin, "chosen_reward": p.chosen_reward,
+             "rejected_reward": p.rejected_reward, "language": p.language or "en", "policy": p.policy or ""}
+            for p in pairs if p.failure is None and p.chosen.strip() and p.rejected.strip()]
+
+
 def pair_stats(pairs: Sequence[PairRecord]) -> dict[str, Any]:
     """Pairs per policy and language, skipped queries by reason, duplicates, mean margin, SFT rows."""
     ok = [p for p in pairs if p.failure is None]

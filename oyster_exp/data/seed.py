@@ -50,6 +50,11 @@ def load_query_file(path: Path | str, taxonomy: Taxonomy | None = None) -> list[
     return _load(Path(path), taxonomy or default_taxonomy(), seed=False)
 
 
+def check_query_row(row: dict[str, Any], where: str, taxonomy: Taxonomy | None = None) -> dict[str, Any]:
+    """One user query row checked like a line of a user JSONL (`where` prefixes every error)."""
+    return _check_row(row, taxonomy or default_taxonomy(), seed=False, where=where)
+
+
 def _load(path: Path, tax: Taxonomy, seed: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}

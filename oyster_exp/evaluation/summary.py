@@ -49,7 +49,8 @@ def summarise(records: list[EvalRecord], benchmarks: Mapping[str, Benchmark] | l
         groups[(r.benchmark, str(r.meta.get("split", "test")), r.model)].append(r)
     for (bench, split, model), recs in sorted(groups.items()):
         rows += [row(bench, split, model, k, float(v), len(recs)) for k, v in counts(recs).items()]
-        b = known.get(bench)
+        # a benchmark named per configured set (prompt_set) is found by the class its records carry
+        b = known.get(bench) or known.get(str(recs[0].meta.get("kind", "")))
         if b is None:                                  # records of a benchmark no module defines: counts only
             continue
         rows += b.rows(split, model, recs, resamples, seed)

@@ -189,6 +189,13 @@ class Stage:
     # the W&B artifact type its result is logged as when the run ends ("dataset", "model"); None: not logged
     wandb_artifact: ClassVar[str | None] = None
     wandb_artifact_name: ClassVar[str | None] = None   # "<run_name>-<this>"; None: the stage name
+    # no LLM call, no training: when a selected stage needs it and the cache has no result, it runs instead
+    # of stopping the run (reading a file or re-deriving pairs costs less than asking the user to)
+    runs_when_needed: ClassVar[bool] = False
+
+    def upstream(self, cfg: DictConfig) -> tuple[str, ...]:
+        """The stages whose artifacts this stage reads for `cfg` (`inputs`, unless a choice changes them)."""
+        return self.inputs
 
     def declared_keys(self, cfg: DictConfig) -> tuple[str, ...]:
         """The keys this stage reads and hashes for `cfg`; a stage whose needs depend on a choice adds them here."""
@@ -235,41 +242,47 @@ def declared_roles(keys: tuple[str, ...]) -> frozenset[str] | None:
     return frozenset(k.split(".")[2] for k in keys if k.startswith("llm.roles.") and len(k.split(".")) > 2)
 
 
-def _selected(cfg: DictConfig, names: list[str]) -> set[str]:
+def graph_stages(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
+    """The stages of this config's graph: the last one and everything upstream of it, in order. With pairs
+    from the `data` source the data-engine stages are upstream of nothing, so `stage=all` leaves them out."""
+    keep = {stages[-1].name, *_upstream_closure(stages[-1], stages, cfg)} if stages else set()
+    return [s for s in stages if s.name in keep]
+
+
+def _selected(cfg: DictConfig, stages: list[Stage]) -> set[str]:
     stage = cfg.stage
     chosen = [stage] if isinstance(stage, str) else list(stage)
-    return set(names) if "all" in chosen else set(chosen)
+    return {s.name for s in graph_stages(cfg, stages)} if "all" in chosen else set(chosen)
 
 
 def run_pipeline(ctx: RunContext, stages: list[Stage]) -> None:
-    names = [s.name for s in stages]
-    selected = _selected(ctx.cfg, names)
+    selected = _selected(ctx.cfg, stages)
     # a selected stage needs its upstream stages; they come from the cache or run too
     for stage in stages:
         ctx.stats.setdefault(stage.name, {})
     for stage in stages:
-        needed = stage.name in selected or any(stage.name in _upstream_closure(s, stages) for s in stages
-                                              if s.name in selected)
+        needed = stage.name in selected or any(stage.name in _upstream_closure(s, stages, ctx.full_cfg)
+                                              for s in stages if s.name in selected)
         if not needed:
             continue
-        _run_stage(ctx, stage, run_it=stage.name in selected)
+        _run_stage(ctx, stage, run_it=stage.name in selected or stage.runs_when_needed)
 
 
-def _upstream_closure(stage: Stage, stages: list[Stage]) -> set[str]:
+def _upstream_closure(stage: Stage, stages: list[Stage], cfg: DictConfig) -> set[str]:
     by_name = {s.name: s for s in stages}
     seen: set[str] = set()
-    todo = list(stage.inputs)
+    todo = list(stage.upstream(cfg))
     while todo:
         n = todo.pop()
         if n not in seen:
             seen.add(n)
-            todo.extend(by_name[n].inputs)
+            todo.extend(by_name[n].upstream(cfg))
     return seen
 
 
 def stage_key(ctx: RunContext, stage: Stage) -> str:
     """The content address of `stage` for this config and these upstream results (see the module docstring)."""
-    input_hashes = {name: file_hash(ctx.entries[name].records_path) for name in stage.inputs}
+    input_hashes = {name: file_hash(ctx.entries[name].records_path) for name in stage.upstream(ctx.full_cfg)}
     with ctx.stage_scope(stage):
         extra = stage.extra_inputs(ctx)
     ctx.input_hashes.update({f"{stage.name}:{k}": v for k, v in extra.items()})
@@ -278,7 +291,7 @@ def stage_key(ctx: RunContext, stage: Stage) -> str:
 
 
 def _run_stage(ctx: RunContext, stage: Stage, run_it: bool) -> None:
-    inputs = {name: ctx.outputs[name] for name in stage.inputs}
+    inputs = {name: ctx.outputs[name] for name in stage.upstream(ctx.full_cfg)}
     key = stage_key(ctx, stage)
     entry = CacheEntry(ctx.cache_root / "stages", stage.name, key)
     ctx.entries[stage.name] = entry

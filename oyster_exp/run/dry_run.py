@@ -158,10 +158,12 @@ def _out_tokens(cfg: DictConfig, role: str) -> int:
 
 
 def stage_estimates(cfg: DictConfig, work: Workload) -> dict[str, list[CallEstimate]]:
-    """Each stage's own estimate (`Stage.estimate`) for `work`, by stage, in graph order."""
+    """Each stage's own estimate (`Stage.estimate`) for `work`, by stage, in graph order (the stages of this
+    config's graph: with pairs from the data source, the data-engine stages make no call)."""
+    from oyster_exp.pipeline.runner import graph_stages
     from oyster_exp.stages import default_stages
 
-    return {s.name: s.estimate(cfg, work) for s in default_stages()}
+    return {s.name: s.estimate(cfg, work) for s in graph_stages(cfg, default_stages())}
 
 
 def estimate_llm(cfg: DictConfig, work: Workload) -> dict[str, Any]:

@@ -84,7 +84,7 @@ class EvaluateStage(Stage):
                    "data.system_prompt", "risk.taxonomy_path", "seed")
     unkeyed_keys = ("llm.chunk_size",)       # see GenerateStage
     templates = ("user_judge", "safety_judge", "strata_classify", "strata_rule_judge", "harmbench_judge",
-                 "refusal_judge")
+                 "refusal_judge", "prompt_set_judge")
     assets = (TAXONOMY_ASSET, PROBES_ASSET, "evaluation/lm_eval_tasks")
 
     def estimate(self, cfg: DictConfig, work: Workload) -> list[CallEstimate]:
@@ -105,6 +105,10 @@ class EvaluateStage(Stage):
             out += [CallEstimate(c.role, c.calls * models, c.prompt_chars)
                     for c in bench.estimate(work, judge, answer, skip)]
         return out
+
+    def upstream(self, cfg: Any) -> tuple[str, ...]:
+        """Scoring the base model only (`eval.models=[base]`) needs no trained model: no train stage upstream."""
+        return self.inputs if "trained" in [str(m) for m in cfg.eval.models] else ("queries",)
 
     def config_slice(self, cfg: Any) -> dict[str, Any]:
         out = super().config_slice(cfg)
@@ -166,7 +170,7 @@ class EvaluateStage(Stage):
             def weights(name: str = name, cached: dict[str, tuple[Path, str] | None] = cached
                         ) -> tuple[Path, str] | None:
                 if name not in cached:
-                    cached[name] = self._weights(ctx, name, inputs["train"])
+                    cached[name] = self._weights(ctx, name, inputs.get("train", []))
                 return cached[name]
 
             client = subject.client(name, weights, dtype, settings.batch_size)

@@ -6,7 +6,6 @@ from typing import Any
 from hydra.utils import instantiate
 
 from oyster_exp.core.errors import DataError, StageError
-from oyster_exp.core.hashing import file_hash
 from oyster_exp.csa.records import QueryRecord
 from oyster_exp.data.seed import SEED_ASSET, heldout_split
 from oyster_exp.data.sources import QuerySource
@@ -24,13 +23,15 @@ class QueriesStage(Stage):
     name = "queries"
     record_type = QueryRecord
     config_keys = ("data", "seed")
+    runs_when_needed = True                 # no LLM call: runs when a selected stage needs it
     assets = (SEED_ASSET, TAXONOMY_ASSET)   # the seed set, checked against the taxonomy's category names
 
     def extra_inputs(self, ctx: RunContext) -> dict[str, str]:
-        path = query_source(ctx).file()
-        if not path.exists():
-            raise StageError(f"data.path: {path} not found")
-        return {"queries_file": file_hash(path)}
+        """The content hash of whatever the source reads (a file, a saved dataset's folder, a cached hub set)."""
+        try:
+            return {"queries_file": query_source(ctx).input_hash()}
+        except DataError as e:
+            raise StageError(f"data.path: {e}") from None
 
     def run(self, ctx: RunContext, inputs: dict[str, list[Any]], journal: Journal, entry: CacheEntry) -> None:
         source = query_source(ctx)

@@ -98,7 +98,7 @@ def test_every_group_option_composes(compose_cfg) -> None:
     for group in ("model", "llm", "data", "risk", "stackelberg", "lingo_bp", "pairs", "objective", "trainer",
                   "logger", "eval", "experiment", "debug"):
         for f in sorted((conf / group).glob("*.yaml")):
-            extra = ["data.path=/tmp/q.jsonl"] if (group, f.stem) == ("data", "file") else []
+            extra = ["data.path=/tmp/q.jsonl"] if group == "data" and f.stem in ("file", "dataset", "pairs") else []
             extra += ["model.path=/tmp/m"] if (group, f.stem) == ("model", "local_path") else []
             cfg = compose_cfg(f"{group}={f.stem}", *extra)
             validate_config(cfg, resolve=False)

@@ -70,6 +70,19 @@ def test_first_run_leaves_every_artifact(first_run: tuple[Path, Path]) -> None:
     assert not (out.parent / ".hydra").exists() and not (out.parent / "multirun").exists()
 
 
+def test_the_runs_pairs_load_with_datasets_in_trls_format(first_run: tuple[Path, Path]) -> None:
+    from datasets import load_from_disk
+
+    _, run = first_run
+    pairs = [json.loads(x) for x in (run / "artifacts" / "pairs.jsonl").read_text().splitlines()]
+    ok = [p for p in pairs if p["failure"] is None]
+    ds = load_from_disk(str(run / "pairs" / "preference_dataset"))
+    assert ds["id"] == [p["id"] for p in ok]
+    assert len((run / "pairs" / "preference.jsonl").read_text().splitlines()) == len(ok)
+    for row, p in zip(ds, ok):
+        assert row["prompt"] == p["prompt"] and row["chosen"] == [{"role": "assistant", "content": p["chosen"]}]
+
+
 def test_records_are_typed_and_failures_carry_reasons(first_run: tuple[Path, Path]) -> None:
     from oyster_exp.csa.records import EvalRecord, OptimizeRecord, PairRecord
     from oyster_exp.pipeline.artifacts import read_records
