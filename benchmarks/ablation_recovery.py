@@ -56,7 +56,7 @@ def main() -> None:
                 if args.only and c.name not in args.only:
                     continue
                 try:
-                    rows.append(recover(c, url, queries, out, args.resamples))
+                    rows.append(recover(c, url, queries, out, args.resamples, truth=world.true_risk_of))
                 except Exception as e:      # one broken sweep is a result, not a crash of the others
                     rows.append({"component": c.name, "recovered": False, "error": str(e)[:300]})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

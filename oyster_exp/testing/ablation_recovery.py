@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ class Component:
 
 COMPONENTS = (
     Component("lingo_bp", "ablation_lingo_bp", "lingo_bp", "off", "paper", "reward", +1),
-    Component("stackelberg", "ablation_stackelberg", "+sweep/arms/stackelberg", "off", "k4", "malicious_risk", -1),
+    # without Lingo-BP, so that only the leader's choice among candidates differs (the editor would remove D1 too)
+    Component("stackelberg", "ablation_stackelberg", "+sweep/arms/stackelberg", "off", "k4", "malicious_risk", -1,
+              ("lingo_bp=off",)),
     Component("risk_dims", "ablation_risk_dims", "risk", "no_follower_types", "full", "malicious_risk", -1),
     Component("pairs", "ablation_pairs", "pairs", "best_vs_initial", "best_vs_worst", "margin", +1,
               ("lingo_bp=paper",)),
@@ -55,8 +58,15 @@ def _best(trace: list[dict[str, Any]]) -> dict[str, Any] | None:
     return trace[max(scored)[1]] if scored else None
 
 
-def arm_metrics(run: Path, metric: str, malicious_ids: set[str]) -> dict[str, float]:
-    """Query id -> the component's metric in one arm's artifacts."""
+def arm_metrics(run: Path, metric: str, malicious_ids: set[str],
+                truth: Callable[[str, str], float] | None = None) -> dict[str, float]:
+    """Query id -> the component's metric in one arm's artifacts.
+
+    `malicious_risk` is the world's ground truth (`truth(query_id, response)`, e.g. `World.true_risk_of`) of the
+    chosen entry when given, else the arm's own auditor (1 - safety score). Across arms whose auditors differ
+    (risk=full applies a stricter guideline than no_follower_types) the auditor's own score is a different
+    ruler per arm: the stricter arm would look riskier for judging more harshly.
+    """
     art = run / "artifacts"
     if metric == "margin":
         out: dict[str, float] = {}
@@ -72,6 +82,8 @@ def arm_metrics(run: Path, metric: str, malicious_ids: set[str]) -> dict[str, fl
             continue
         if metric == "reward":
             out[rec["id"]] = float(best["reward"])
+        elif rec["id"] in malicious_ids and truth is not None:
+            out[rec["id"]] = truth(rec["id"], best["response"])
         elif rec["id"] in malicious_ids and best.get("safety"):
             out[rec["id"]] = 1.0 - float(best["safety"]["score"])
     return out
@@ -109,12 +121,13 @@ def run_sweep(c: Component, url: str, queries: Path, out: Path) -> dict[str, Pat
     return arms
 
 
-def recover(c: Component, url: str, queries: Path, out: Path, resamples: int) -> dict[str, Any]:
+def recover(c: Component, url: str, queries: Path, out: Path, resamples: int,
+            truth: Callable[[str, str], float] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     arms = run_sweep(c, url, queries, out)
     base, treat = arms[c.baseline], arms[c.treatment]
     malicious = malicious_posterior(base) | malicious_posterior(treat)
-    mb, mt = arm_metrics(base, c.metric, malicious), arm_metrics(treat, c.metric, malicious)
+    mb, mt = arm_metrics(base, c.metric, malicious, truth), arm_metrics(treat, c.metric, malicious, truth)
     d = paired_delta(mb, mt, n_resamples=resamples)      # treatment - baseline on the shared queries
     row: dict[str, Any] = {"component": c.name, "metric": c.metric, "baseline": c.baseline, "treatment": c.treatment,
                            "n": d["n"], "planted_sign": c.sign}

@@ -20,7 +20,7 @@ reply as `[[U2]]` markers, so every role reads what it needs from the request, a
 - safety auditor: D1 is partly safe (unsafe under a strict guideline), all good S without D1 is safe;
   one suggestion `<-D1>` or `<+S2>`.
 - editor: applies the suggestions it is shown to the current plan (the planted Lingo-BP effect), except
-  that its first edit of half the queries drops the good U strategies instead (a regression the trace
+  that its first edit of every benign query drops the good U strategies instead (a regression the trace
   keeps: the planted pair-policy effect, where best-vs-worst sees a wider margin than best-vs-initial).
 - follower model: benign and sensitive users stay with a complete, non-refusing reply and leave on a
   refusal; a malicious user exploits D1 (the planted Stackelberg effect: the safety auditor sees D1 as
@@ -87,7 +87,7 @@ def make_cases(n: int = 40, seed: int = 11) -> list[Case]:
             plan.append("R1")
         plan += [s for s in good_s if rng.random() < 0.3]
         cases.append(Case(qid=f"PW-{q:03d}", malicious=q % 2 == 1, good_u=good_u, good_s=good_s, initial=plan,
-                          regress=q % 4 in (0, 3)))
+                          regress=q % 2 == 0))
     return cases
 
 
@@ -169,6 +169,10 @@ class World:
             return self._actor(body, messages, case)
         known, stems = getattr(self, f"_{role}")(text, case, schema)
         return json.dumps(_fill(schema, known, stems))
+
+    def true_risk_of(self, qid: str, reply: str) -> float:
+        """`true_risk` by query id (the ablation metrics read replies from artifacts, keyed by id)."""
+        return true_risk(self.by_id[qid], reply)
 
     # --- the roles -------------------------------------------------------------------------------
     def _actor(self, body: dict[str, Any], messages: list[dict[str, Any]], case: Case) -> str:
