@@ -10,11 +10,13 @@ same learning rate, fp32, no gradient checkpointing, the same torch thread count
 same batches in the same order: the pairs are handed to TRL in the order our length-bucketed
 sampler draws them, with TRL's sequential sampler, and each side fingerprints its first batch.
 
-Each side runs in its own subprocess (own wall time, own peak RSS from getrusage); sides alternate
-(ours, trl, ours, trl, ...). Step 0 is a warm-up: the timed window runs from the end of step 0 to the
-end of the last step, and tokens are the non-padding tokens (chosen + rejected attention masks) of
-the timed steps, counted from the batches each trainer actually received. The best run of each side
-counts (the machine may be shared; the best run is the least disturbed one).
+Each side runs in its own subprocess (own wall time, own peak RSS from getrusage); sides alternate,
+and so does which side opens a round (ours, trl | trl, ours | ...). Step 0 is a warm-up: the timed window
+runs from the end of step 0 to the end of the last step, and tokens are the non-padding tokens (chosen +
+rejected attention masks) of the timed steps, counted from the batches each trainer actually received.
+The summary gives, over at least 3 rounds by default, the median and the spread (min, max) of each side's
+tokens/s and of the per-round ratios (a round's two runs share the machine's load of the moment, so
+their ratio is fairer than a ratio of medians on a shared machine); the best runs are reported beside them.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -277,7 +280,7 @@ def child(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=6, help="timed steps per run (plus one warm-up step)")
-    ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternating ours and trl")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds: one run per side, alternating who goes first")
     ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps, 1 repeat (a smoke run)")
     ap.add_argument("--model", choices=["embedded", "tiny"], default="embedded")
     ap.add_argument("--pairs", type=int, default=64)
@@ -309,8 +312,8 @@ def main() -> None:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
-    for _ in range(args.repeats):
-        for side in ("ours", "trl"):
+    for rep in range(args.repeats):
+        for side in (("ours", "trl") if rep % 2 == 0 else ("trl", "ours")):
             cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(args.steps),
                    "--model", args.model, "--pairs", str(args.pairs), "--threads", str(args.threads),
                    "--max-length", str(args.max_length), "--order", order_file.name]
@@ -331,6 +334,13 @@ def main() -> None:
     def mfu(r: dict[str, Any]) -> float:
         return 6 * r["params"] * r["tokens_per_s"] / (peak * 1e9)
 
+    def spread(values: list[float], digits: int = 3) -> dict[str, float]:
+        return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+                "max": round(max(values), digits)}
+
+    speed_ratios = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(runs["ours"], runs["trl"])]
+    rss_ratios = [o["peak_rss_mb"] / t["peak_rss_mb"] for o, t in zip(runs["ours"], runs["trl"])]
+
     print(json.dumps({
         "benchmark": "train_throughput",
         "model": "tiny random Qwen2" if args.model == "tiny" else "SmolLM2-135M-Instruct fp32",
@@ -338,10 +348,13 @@ def main() -> None:
                    "lr": LR, "nll_span": "prompt_and_response", "optimizer": "AdamW fused", "precision": "fp32",
                    "gradient_checkpointing": False, "threads": args.threads, "cpu_count": os.cpu_count()},
         "steps": args.steps, "warmup_steps": 1, "repeats": args.repeats,
-        "ours_tokens_per_s": round(ours["tokens_per_s"], 2), "trl_tokens_per_s": round(trl["tokens_per_s"], 2),
-        "tokens_per_s_ratio": round(ours["tokens_per_s"] / trl["tokens_per_s"], 3),
-        "ours_peak_rss_mb": round(ours_rss, 1), "trl_peak_rss_mb": round(trl_rss, 1),
-        "peak_rss_ratio": round(ours_rss / trl_rss, 3),
+        "ours_tokens_per_s": spread([r["tokens_per_s"] for r in runs["ours"]], 2),
+        "trl_tokens_per_s": spread([r["tokens_per_s"] for r in runs["trl"]], 2),
+        "tokens_per_s_ratio": spread(speed_ratios), "peak_rss_ratio": spread(rss_ratios),
+        "ours_peak_rss_mb": spread([r["peak_rss_mb"] for r in runs["ours"]], 1),
+        "trl_peak_rss_mb": spread([r["peak_rss_mb"] for r in runs["trl"]], 1),
+        "best_tokens_per_s_ratio": round(ours["tokens_per_s"] / trl["tokens_per_s"], 3),
+        "max_peak_rss_ratio": round(ours_rss / trl_rss, 3),
         "ours_loss_step0": ours["loss_step0"], "trl_loss_step0": trl["loss_step0"],
         "loss_abs_diff_step0": abs(ours["loss_step0"] - trl["loss_step0"]),
         "same_first_batch": len(fingerprints) == 1, "timed_tokens": ours["tokens"],

@@ -9,21 +9,23 @@ from typing import Any
 
 from oyster_exp.models.resolve import model_source
 
-_LOCAL: dict[tuple[str, str, str], Any] = {}   # (checkpoint, dtype, model id): the id labels call-cache keys
+_LOCAL: dict[tuple[str, str, str, str], Any] = {}   # (checkpoint, dtype, model id, structured decoder)
 
 
-def local_client(model: Any, max_batch_size: int = 8) -> Any:
+def local_client(model: Any, max_batch_size: int = 8, structured_decoding: str = "grammar") -> Any:
     """An in-process client on the base model. `model` is a `ModelSource` (what Hydra builds from
-    `model: ${model}`) or a `model` config node. Its calls show on the remote clients' progress bar when
-    stderr is a terminal (no config knob: a role's client node is part of the LLM stages' cache keys)."""
+    `model: ${model}`) or a `model` config node. `structured_decoding` picks the JSON decoder
+    (`llm.local.STRUCTURED_DECODERS`): roles asking for different decoders get different clients.
+    Its calls show on the remote clients' progress bar when stderr is a terminal (no config knob: a role's
+    client node is part of the LLM stages' cache keys)."""
     from oyster_exp.llm.local import LocalClient
 
     source = model_source(model)
     path = source.checkpoint_dir()
-    key = (str(path), str(source.dtype), str(source.model_id))
+    key = (str(path), str(source.dtype), str(source.model_id), str(structured_decoding))
     if key not in _LOCAL:
         _LOCAL[key] = LocalClient(Path(path), model_id=str(source.model_id), dtype=key[1],
-                                  max_batch_size=max_batch_size)
+                                  max_batch_size=max_batch_size, structured_decoding=key[3])
     return _LOCAL[key]
 
 

@@ -6,8 +6,18 @@ own `torch.Generator` seeded from the request (its seed mixed with its messages,
 `sampling.sampling_seed`), so a sampled reply depends on its request only, not on which other
 requests shared its batch.
 
-Structured output (`response_schema` set) is handed to `constrained_decoding.ConstrainedDecoder`,
-which decodes the reply into the schema's fixed JSON frame.
+Structured output (`response_schema` set) goes to the client's structured decoder, chosen by the
+`structured_decoding` knob (`conf/llm/local.yaml`):
+
+- `grammar` (default): `grammar_decoding.GrammarDecoder`, llguidance token masks over a whole micro-batch in
+  one `generate` call, for any JSON schema;
+- `frame`: `constrained_decoding.ConstrainedDecoder`, the earlier per-request decoder that feeds the fixed JSON
+  frame of a flat schema and generates only the values. It is kept as the reference the grammar decoder is
+  benchmarked against (`benchmarks/local_generation.py`) and for single flat requests, where it needs fewer
+  forwards (keys are fed in one forward, not token by token).
+
+The decoder's name is part of the client's `cache_backend`, so the call cache never serves one decoder's
+reply to the other.
 """
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ import torch
 from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage, continues_assistant
 from oyster_exp.llm.constrained_decoding import ConstrainedDecoder, TokenTables
 from oyster_exp.llm.engine import CallProgress
+from oyster_exp.llm.grammar_decoding import GrammarDecoder
 from oyster_exp.llm.json_frame import field_specs
 from oyster_exp.llm.sampling import sample_token, sampling_seed
 
@@ -70,7 +81,7 @@ class LocalClient:
 
     def __init__(self, model_path: str | Path, model_id: str | None = None, dtype: str = "float32",
                  device: str = "cpu", max_batch_size: int = 8, torch_threads: int | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, structured_decoding: str = "grammar"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if torch_threads:
@@ -88,7 +99,13 @@ class LocalClient:
         self.vocab = TokenTables(self.tokenizer, self.model, self.device)
         self._encode_cache: dict[str, list[int]] = {}
         self._lock = threading.Lock()
-        self.decoder = ConstrainedDecoder(self.model, self.tokenizer, self.vocab, self.device, self.encode)
+        if structured_decoding not in STRUCTURED_DECODERS:
+            raise ValueError(f"structured_decoding={structured_decoding!r}: expected one of "
+                             f"{sorted(STRUCTURED_DECODERS)}")
+        self.structured_decoding = structured_decoding
+        self.decoder = STRUCTURED_DECODERS[structured_decoding](self)
+        # the call cache's backend label: the same request decoded by the other decoder is another reply
+        self.cache_backend = f"{self.backend}/{structured_decoding}"
 
     # -- tokens ----------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -116,7 +133,9 @@ class LocalClient:
     # -- requests --------------------------------------------------------------------------------
     def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResponse | str]:
         """Free-text requests micro-batched by sampling parameters; structured ones through the decoder."""
-        specs = {i: field_specs(r.response_schema) for i, r in enumerate(requests) if r.response_schema is not None}
+        structured = [i for i, r in enumerate(requests) if r.response_schema is not None]
+        for i in structured:
+            self.decoder.check(requests[i].response_schema)   # an unsupported schema raises before any work
         out: list[ChatResponse | str | None] = [None] * len(requests)
         bar = CallProgress(len(requests), f"local {self.model_id}") if self.progress and requests else None
         with self._lock, torch.inference_mode(), contextlib.ExitStack() as stack:
@@ -124,22 +143,27 @@ class LocalClient:
                 stack.callback(bar.close)
             groups: dict[tuple[Any, ...], list[tuple[int, list[int]]]] = defaultdict(list)
             for i, r in enumerate(requests):
-                if i not in specs:
+                if r.response_schema is None:
                     groups[(r.max_tokens, r.temperature, r.top_p)].append((i, self.prompt_ids(r)))
             for members in groups.values():
-                members.sort(key=lambda m: len(m[1]))      # similar lengths together: less padding
-                for s in range(0, len(members), self.max_batch_size):
-                    chunk = members[s: s + self.max_batch_size]
-                    replies = self._generate([requests[i] for i, _ in chunk], [ids for _, ids in chunk])
-                    for (i, _), reply in zip(chunk, replies):
-                        out[i] = reply
-                    if bar is not None:
-                        bar.advance(replies)
-            for i, fields in specs.items():
-                out[i] = self.decoder.decode(requests[i], self.prompt_ids(requests[i]), fields)
-                if bar is not None:
-                    bar.advance([out[i]])  # type: ignore[list-item]
+                self._in_chunks(members, requests, out, self._generate, bar)
+            if structured:
+                self._in_chunks([(i, self.prompt_ids(requests[i])) for i in structured], requests, out,
+                                self.decoder.decode_batch, bar)
         return out  # type: ignore[return-value]
+
+    def _in_chunks(self, members: list[tuple[int, list[int]]], requests: list[ChatRequest],
+                   out: list[ChatResponse | str | None], run: Any, bar: CallProgress | None = None) -> None:
+        """`run(reqs, prompts)` over micro-batches of at most `max_batch_size`, similar prompt lengths together
+        (less padding); replies land at their request's index in `out`."""
+        members = sorted(members, key=lambda m: len(m[1]))
+        for s in range(0, len(members), self.max_batch_size):
+            chunk = members[s: s + self.max_batch_size]
+            replies = run([requests[i] for i, _ in chunk], [ids for _, ids in chunk])
+            for (i, _), reply in zip(chunk, replies):
+                out[i] = reply
+            if bar is not None:
+                bar.advance(replies)
 
     def _generate(self, reqs: list[ChatRequest], prompts: list[list[int]]) -> list[ChatResponse]:
         """One left-padded `generate` call for requests with equal max_tokens/temperature/top_p."""
@@ -164,3 +188,30 @@ class LocalClient:
                 content=text, finish_reason="length" if end is None else "stop",
                 usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(row) if end is None else end + 1)))
         return results
+
+
+class _FrameDecoder:
+    """The frame decoder behind the batch interface: flat schemas only, one request at a time."""
+
+    def __init__(self, client: LocalClient):
+        self.inner = ConstrainedDecoder(client.model, client.tokenizer, client.vocab, client.device, client.encode)
+
+    def check(self, schema: dict[str, Any] | None) -> None:
+        field_specs(schema or {})
+
+    def decode_batch(self, reqs: list[ChatRequest], prompts: list[list[int]]) -> list[ChatResponse]:
+        return [self.inner.decode(r, p, field_specs(r.response_schema or {})) for r, p in zip(reqs, prompts)]
+
+
+class _BatchedGrammarDecoder(GrammarDecoder):
+    """llguidance masks over a micro-batch (`grammar_decoding`), built from the client's model and tables."""
+
+    def __init__(self, client: LocalClient):
+        super().__init__(client.model, client.tokenizer, client.vocab, client.device)
+
+    def check(self, schema: dict[str, Any] | None) -> None:
+        self.grammar(schema or {})
+
+
+# `structured_decoding` knob -> decoder; each takes the client and offers check(schema) and decode_batch()
+STRUCTURED_DECODERS: dict[str, Any] = {"grammar": _BatchedGrammarDecoder, "frame": _FrameDecoder}

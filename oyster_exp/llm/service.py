@@ -151,7 +151,9 @@ class LLMService:
 
     def _keys(self, role: str, requests: list[ChatRequest]) -> list[str]:
         client = self.roles[role].client
-        return [r.cache_key(client.backend, client.model_id) for r in requests]
+        # a backend whose replies also depend on a client setting (the local structured decoder) labels it
+        backend = getattr(client, "cache_backend", client.backend)
+        return [r.cache_key(backend, client.model_id) for r in requests]
 
     def _complete(self, role: str, requests: list[ChatRequest],
                   budgets: list[int] | None = None) -> list[ChatResponse | str]:

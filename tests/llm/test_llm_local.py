@@ -1,4 +1,5 @@
-"""The in-process backend: micro-batched free text and schema-valid JSON-frame structured output.
+"""The in-process backend: micro-batched free text and schema-valid structured output from both decoders
+(`grammar`: llguidance masks over a batch; `frame`: the per-request JSON-frame decoder).
 
 Fast tests run on the tiny random model; the `slow` one on the embedded SmolLM2.
 """
@@ -42,10 +43,29 @@ class Nested(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model_dir: Path):
+def grammar_client(tiny_model_dir: Path):
     from oyster_exp.llm.local import LocalClient
 
     return LocalClient(tiny_model_dir, model_id="tiny", max_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def frame_client(tiny_model_dir: Path):
+    from oyster_exp.llm.local import LocalClient
+
+    return LocalClient(tiny_model_dir, model_id="tiny", max_batch_size=8, structured_decoding="frame")
+
+
+@pytest.fixture
+def client(grammar_client):
+    """Free-text tests: the default client (its structured decoder plays no part)."""
+    return grammar_client
+
+
+@pytest.fixture(params=["grammar", "frame"])
+def sclient(request):
+    """Structured tests: each decoder in turn."""
+    return request.getfixturevalue(f"{request.param}_client")
 
 
 def _req(text: str, **kw) -> ChatRequest:
@@ -88,15 +108,15 @@ def test_sampling_is_reproducible_per_seed_and_batch_independent(client) -> None
     assert ask(5, extra=3) == a, "a sampled reply must not depend on its batch mates"
 
 
-def test_mixed_batch_keeps_input_order(client) -> None:
+def test_mixed_batch_keeps_input_order(sclient) -> None:
     schema = Judgement.model_json_schema()
     reqs = [_req("one", max_tokens=5), _req("two", response_schema=schema, max_tokens_per_field=3),
             _req("three", max_tokens=7, temperature=0.7, seed=1), _req("four", max_tokens=5)]
-    out = client.chat_batch(reqs)
+    out = sclient.chat_batch(reqs)
     assert len(out) == 4
     Judgement.model_validate_json(out[1].content)
-    assert out[0].content == client.chat_batch([reqs[0]])[0].content
-    assert out[3].content == client.chat_batch([reqs[3]])[0].content
+    assert out[0].content == sclient.chat_batch([reqs[0]])[0].content
+    assert out[3].content == sclient.chat_batch([reqs[3]])[0].content
     assert out[2].usage.completion_tokens <= 7
 
 
@@ -119,11 +139,11 @@ def test_calls_show_on_the_remote_clients_progress_bar(client, capsys: pytest.Ca
     assert "failures=0" in last and f"tok={tokens}," in last and "tok_s=" in last
 
 
-def test_structured_replies_always_validate(client) -> None:
+def test_structured_replies_always_validate(sclient) -> None:
     schema = Judgement.model_json_schema()
     labels, items = set(), set()
     for i in range(20):
-        r = client.chat_batch([_req(f"case {i}: judge this {'please ' * (i % 4)}", response_schema=schema,
+        r = sclient.chat_batch([_req(f"case {i}: judge this {'please ' * (i % 4)}", response_schema=schema,
                                     max_tokens_per_field=6, temperature=0.0 if i < 4 else 1.0, seed=i)])[0]
         j = Judgement.model_validate_json(r.content)
         assert list(json.loads(r.content)) == ["label", "item", "note", "steps"]  # schema order
@@ -135,19 +155,19 @@ def test_structured_replies_always_validate(client) -> None:
     assert len(labels) >= 2 and len(items) >= 2, "sampling should reach more than one enum value"
 
 
-def test_structured_greedy_is_deterministic(client) -> None:
+def test_structured_greedy_is_deterministic(sclient) -> None:
     req = _req("judge", response_schema=Judgement.model_json_schema(), max_tokens_per_field=5)
-    assert client.chat_batch([req])[0].content == client.chat_batch([req])[0].content
+    assert sclient.chat_batch([req])[0].content == sclient.chat_batch([req])[0].content
     sampled = _req("judge", response_schema=Judgement.model_json_schema(), max_tokens_per_field=5,
                    temperature=1.0, seed=11)
-    assert client.chat_batch([sampled])[0].content == client.chat_batch([sampled])[0].content
+    assert sclient.chat_batch([sampled])[0].content == sclient.chat_batch([sampled])[0].content
 
 
-def test_enum_class_ref_numbers_bools_and_limits(client) -> None:
+def test_enum_class_ref_numbers_bools_and_limits(sclient) -> None:
     schema = WithEnumClass.model_json_schema()
     assert "$defs" in schema  # Mood is a $ref
     for i in range(6):
-        r = client.chat_batch([_req(f"x{i}", response_schema=schema, temperature=1.0, seed=i,
+        r = sclient.chat_batch([_req(f"x{i}", response_schema=schema, temperature=1.0, seed=i,
                                     max_tokens_per_field=8)])[0]
         v = WithEnumClass.model_validate_json(r.content)
         assert v.mood in (Mood.calm, Mood.tense)
@@ -169,11 +189,44 @@ def test_field_specs() -> None:
     assert const[0].options == ("only",)
 
 
-def test_nested_object_raises_naming_the_field(client) -> None:
+def test_nested_object_raises_naming_the_field_in_the_frame_decoder(frame_client) -> None:
     with pytest.raises(ValueError, match="inner"):
         field_specs(Nested.model_json_schema())
     with pytest.raises(ValueError, match="inner"):
-        client.chat_batch([_req("x", response_schema=Nested.model_json_schema())])
+        frame_client.chat_batch([_req("x", response_schema=Nested.model_json_schema())])
+
+
+def test_grammar_decoder_takes_nested_schemas_batched(grammar_client) -> None:
+    """Arbitrary schemas (a nested object behind $ref) in one batch, each reply valid and in schema order."""
+    reqs = [_req(f"nested {i}", response_schema=Nested.model_json_schema(), max_tokens_per_field=4,
+                 temperature=1.0, seed=i) for i in range(5)]
+    reqs.append(_req("flat", response_schema=WithEnumClass.model_json_schema(), max_tokens_per_field=4))
+    out = grammar_client.chat_batch(reqs)
+    for r in out[:5]:
+        n = Nested.model_validate_json(r.content)
+        assert list(json.loads(r.content)["inner"]) == ["label", "item", "note", "steps"]
+        assert 1 <= len(n.inner.steps) <= 4 and r.finish_reason == "stop"
+    WithEnumClass.model_validate_json(out[5].content)
+    with pytest.raises(ValueError, match="constrained decoding"):
+        bad = {"type": "object", "properties": {"a": {"type": "nope"}}}
+        grammar_client.chat_batch([_req("x", response_schema=bad)])
+
+
+def test_grammar_decoder_batch_independent_and_budgeted(grammar_client) -> None:
+    """A sampled structured reply does not depend on its batch mates; string values stop near their token
+    budget (the squeeze); the two decoders never share a call-cache label."""
+    schema = Judgement.model_json_schema()
+    alone = grammar_client.chat_batch([_req("solo", response_schema=schema, temperature=1.0, seed=3,
+                                    max_tokens_per_field=5)])[0]
+    mates = [_req(f"mate {k} " * (k + 1), response_schema=schema, temperature=1.0, seed=k,
+                  max_tokens_per_field=9) for k in range(4)]
+    batched = grammar_client.chat_batch([*mates[:2], _req("solo", response_schema=schema, temperature=1.0, seed=3,
+                                                  max_tokens_per_field=5), *mates[2:]])
+    assert batched[2].content == alone.content
+    note = Judgement.model_validate_json(alone.content).note
+    # the budget counts tokens inside the value (its closing quote may share the last one)
+    assert grammar_client.count_tokens(note) <= 5 + 1, note
+    assert grammar_client.cache_backend == "local/grammar"
 
 
 # -- the embedded SmolLM2 -----------------------------------------------------------------------

@@ -528,4 +528,7 @@ def test_train_throughput_benchmark_quick_run_reports_every_key() -> None:
         assert key in line, key
     assert line["same_first_batch"] is True and line["steps"] == 2
     assert line["loss_abs_diff_step0"] <= 1e-4  # same weights, same batch: TRL's loss
-    assert line["ours_tokens_per_s"] > 0 and line["trl_tokens_per_s"] > 0 and 0 < line["mfu"] < 1
+    for key in ("ours_tokens_per_s", "trl_tokens_per_s", "tokens_per_s_ratio", "peak_rss_ratio"):
+        spread = line[key]       # medians over the rounds, with their spread
+        assert 0 < spread["min"] <= spread["median"] <= spread["max"], (key, spread)
+    assert 0 < line["mfu"] < 1
