@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from oyster_exp.core.redaction import REDACTED, SECRET_VALUE
+from oyster_exp.llm import limits
 from oyster_exp.llm.base import ChatRequest, ChatResponse, OnReply, Usage, continues_assistant
 from oyster_exp.llm.engine import CallEngine, FatalError, RetryableError
 from oyster_exp.llm.limits import endpoint_limiter, key_id, retry_after_s
@@ -120,6 +121,7 @@ class DashScopeClient:
         try:
             if kw["stream"]:
                 stream = await client.chat.completions.create(**kw)
+                limits.answered()   # the stream is open: the provider has counted the request
                 try:
                     completion = await stream.get_final_message()
                 finally:
