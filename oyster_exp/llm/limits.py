@@ -6,18 +6,24 @@ and one base URL draw on one quota. So the limiter is looked up in a process-wid
 endpoint with that key gets the same object, for the life of the process.
 
 What it holds:
-- **Sliding-window limits.** Requests and (estimated) tokens per window (60 s by default) hold over
-  *every* window, not on average: a call may start only when the starts (and tokens) of the last
-  `window_s` seconds leave room for it. There is no initial burst allowance as with a token bucket, so
-  a limit set to the account's quota draws no 429 from the first batch.
+- **Sliding-window limits.** Configured requests and (estimated) tokens per window (60 s by default) hold over
+  *every* window of the provider's clock, not on average and not only of ours. A provider stamps a request when
+  it arrives, which may be any time between our start and its reply (a busy event loop, a slow send), so an
+  attempt holds its slot from its start until `window_s` after its reply began (`answered`: a stream's headers,
+  else the reply's end): whatever the provider stamped lies inside that span, so no window of its stamps can
+  hold more than the limit. The cost is one reply latency per slot, small against a 60-s window. There is no
+  initial burst allowance as with a token bucket, so a limit set to the account's quota draws no 429.
 - **Adaptive rate (AIMD).** A throttled reply (429, DashScope `Throttling*`) pauses every queued call to
-  the endpoint until its Retry-After, halves the in-flight cap, and sets a learned request limit to what
-  the last window held when the provider said no (a measurement, not a guess). Successes raise the cap
-  by 1/cap each (about one per round trip) and the learned limit by 3 % per full window, so the limiter
-  keeps probing upward and finds the provider's limit even when none is configured. The learned limit is
-  only set once a whole window has been seen (before that a 429 may come from a per-second burst limit).
-  A configured limit is a ceiling the learned one never exceeds. Only the first throttle after a cut cuts:
-  replies to calls sent before the cut describe the old rate.
+  the endpoint until its Retry-After and halves the in-flight cap. It also teaches a request limit: what our
+  window held when the provider said no (a measurement, not a guess; each later refusal of a call counted in it
+  takes one off). That is only trusted once a whole window has been seen, or when the provider's wait runs to
+  where our first start leaves a window (a window's limit, not a per-second burst limit, whose count of a part
+  of a window would be far too low); otherwise only the pause and the in-flight cut act. Under a learned limit
+  the starts are paced evenly (a provider that throttled us may meter its minute in seconds), and each full
+  window that the limit holds us back raises it, by 1 % after a cut and doubling per window without one (up to
+  8 %), so the limiter finds the limit without one configured and keeps probing for more. A configured limit
+  is a ceiling the learned one never exceeds. Only the first throttle after a cut cuts: replies to calls sent
+  before the cut describe the old rate.
 
 Across processes (joblib sweep arms, data-parallel workers) each process has its own limiter. We
 chose a share per process over a shared file-locked window: a lock file costs a filesystem round trip
@@ -176,7 +182,10 @@ class EndpointLimiter:
         """How long until a call of `tokens` may start by the window, pacing and pause rules (0: now; inf: not
         before an attempt in flight is answered)."""
         wait = self.paused_until - now
-        limit = self.request_limit()
+        # the configured ceiling holds over every window (a slot counts until its reply began, and a window
+        # after); a learned limit paces the starts instead (below), which also holds it over every window, and
+        # does not lose the reply's latency per slot on a limit we only estimated
+        limit = max(1, int(self.requests_per_window)) if self.requests_per_window is not None else None
         if limit is not None:
             over = len(self._open) + len(self._done) - limit   # answered attempts that must leave first, less one
             if over >= 0:
@@ -260,6 +269,7 @@ class EndpointLimiter:
             self._stamp(ticket, now)
             self.in_flight -= 1
             if tokens_used is not None:       # the estimate becomes the real count (while it is in the window)
+                self._expire(now)             # after this, a stamp within the last window is still counted
                 if ticket.stamp + self.window_s > now:   # type: ignore[operator]
                     self._tokens += tokens_used - ticket.tokens
                 ticket.tokens = tokens_used

@@ -341,3 +341,19 @@ def test_a_later_refusal_of_a_call_counted_as_accepted_lowers_the_learned_limit(
     limiter.release(tickets[8], throttled=True, retry_after=0.9)   # one of those was refused too
     assert limiter.learned_requests == pytest.approx(learned - 0.98)
     assert limiter.stats.cuts == 1
+
+
+def test_real_token_usage_replaces_the_estimate_once_and_leaves_with_its_slot() -> None:
+    clock = _Clock()
+    limiter = EndpointLimiter(window_s=10.0, clock=clock)
+    limiter.configure(concurrency=4, requests_per_minute=None, tokens_per_minute=600)   # 100 per 10 s
+    a = limiter.try_acquire(80)
+    assert isinstance(a, Ticket) and limiter.try_acquire(30) == float("inf"), "80 + 30 > 100, 80 unanswered"
+    limiter.answered(a)
+    clock.t = 12.0                       # a long stream: its slot left the window before the call ended
+    limiter.release(a, tokens_used=500)
+    assert limiter._tokens == 0          # nothing left behind, nothing subtracted twice
+    b = limiter.try_acquire(90)
+    assert isinstance(b, Ticket)
+    limiter.release(b, tokens_used=20)   # it cost less than estimated: room for more at once
+    assert isinstance(limiter.try_acquire(70), Ticket)
