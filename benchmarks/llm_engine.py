@@ -23,6 +23,13 @@ import time
 import urllib.request
 
 
+def _cpu_s() -> float:
+    """This process's CPU seconds: the client's own cost per call, which a busy machine's scheduling does not
+    blur as much as it blurs the call rate."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run_ours(url: str, calls: int, concurrency: int) -> dict:
     from oyster_exp.llm.base import ChatMessage, ChatRequest, ChatResponse
     from oyster_exp.llm.engine import CallEngine
@@ -31,11 +38,11 @@ def run_ours(url: str, calls: int, concurrency: int) -> dict:
     client = OpenAICompatClient(url, "bench", api_key_env=None,
                                 engine=CallEngine(concurrency=concurrency, max_attempts=3, timeout_s=30))
     reqs = [ChatRequest(messages=[ChatMessage(role="user", content=f"q{i}")], max_tokens=16) for i in range(calls)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     out = client.chat_batch(reqs)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
     ok = sum(isinstance(o, ChatResponse) for o in out)
-    return {"calls": calls, "ok": ok, "seconds": dt, "calls_per_s": ok / dt}
+    return {"calls": calls, "ok": ok, "seconds": dt, "calls_per_s": ok / dt, "cpu_ms_per_call": cpu * 1000 / calls}
 
 
 def run_dashscope(url: str, calls: int, concurrency: int, thinking: bool) -> dict:
@@ -51,11 +58,11 @@ def run_dashscope(url: str, calls: int, concurrency: int, thinking: bool) -> dic
                              engine=CallEngine(concurrency=concurrency, max_attempts=3, timeout_s=30))
     reqs = [ChatRequest(messages=[ChatMessage(role="user", content=f"q{i}")], max_tokens=16,
                         enable_thinking=thinking) for i in range(calls)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     out = client.chat_batch(reqs)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
     ok = sum(isinstance(o, ChatResponse) and (o.reasoning != "") == thinking for o in out)
-    return {"calls": calls, "ok": ok, "seconds": dt, "calls_per_s": ok / dt}
+    return {"calls": calls, "ok": ok, "seconds": dt, "calls_per_s": ok / dt, "cpu_ms_per_call": cpu * 1000 / calls}
 
 
 def run_reference(url: str, calls: int, interval: float = 0.5, pool: int = 100) -> dict:
@@ -104,7 +111,7 @@ def main() -> None:
     ap.add_argument("--reference-calls", type=int, default=60)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--latency", type=float, default=0.2)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     if a.side:
         if a.side.startswith("dashscope"):
@@ -139,10 +146,19 @@ def main() -> None:
         "ours_calls_per_s": round(o, 2), "ideal_calls_per_s": round(ideal, 2),
         "reference_calls_per_s": round(r, 2), "efficiency": round(o / ideal, 3), "vs_reference": round(o / r, 1),
         "ours_failures": sum(x["calls"] - x["ok"] for x in ours),
+        "efficiency_spread": [round(min(x["calls_per_s"] for x in ours) / ideal, 3),
+                              round(max(x["calls_per_s"] for x in ours) / ideal, 3)],
+        "ours_cpu_ms_per_call": round(statistics.median(x["cpu_ms_per_call"] for x in ours), 3),
+        "dashscope_cpu_ms_per_call": round(statistics.median(x["cpu_ms_per_call"] for x in ds), 3),
+        "dashscope_sse_cpu_ms_per_call": round(statistics.median(x["cpu_ms_per_call"] for x in sse), 3),
         "ours_peak_rss_mb": round(max(x["peak_rss_mb"] for x in ours), 1),
         "reference_peak_rss_mb": round(max(x["peak_rss_mb"] for x in ref), 1),
         "dashscope_calls_per_s": round(d, 2), "dashscope_efficiency": round(d / ideal, 3),
         "dashscope_sse_calls_per_s": round(d_sse, 2), "dashscope_sse_efficiency": round(d_sse / ideal, 3),
+        "dashscope_efficiency_spread": [round(min(x["calls_per_s"] for x in ds) / ideal, 3),
+                                        round(max(x["calls_per_s"] for x in ds) / ideal, 3)],
+        "dashscope_sse_efficiency_spread": [round(min(x["calls_per_s"] for x in sse) / ideal, 3),
+                                            round(max(x["calls_per_s"] for x in sse) / ideal, 3)],
         "dashscope_failures": sum(x["calls"] - x["ok"] for x in ds + sse),
         "dashscope_peak_rss_mb": round(max(x["peak_rss_mb"] for x in ds + sse), 1),
     }))

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from oyster_exp.core.redaction import REDACTED, SECRET_VALUE
+from oyster_exp.llm import limits, transport
 from oyster_exp.llm.base import ChatRequest, ChatResponse, OnReply, Usage, continues_assistant
 from oyster_exp.llm.engine import CallEngine, FatalError, RetryableError
 from oyster_exp.llm.limits import endpoint_limiter, key_id, retry_after_s
@@ -64,6 +65,12 @@ class DashScopeClient:
         self.engine.label = self.engine.label or f"dashscope {model}"
         self.endpoint = (self.base_url, key_id(key))   # (URL, key hash): one limiter and one probe per pair
         self.engine.attach(endpoint_limiter(self.base_url, key))
+        # The SDK takes ~1 s to import: pay it here, once, rather than inside the first batch's calls (where it
+        # stalled every call of that batch, and the import error, if any, would come mid-stage)
+        import dashscope.v2.errors  # noqa: F401  (`_classify` reads them)
+        from dashscope import AsyncClient
+
+        self._sdk_client = AsyncClient
 
     def __repr__(self) -> str:  # no key, ever
         return f"DashScopeClient(model={self.model_id!r}, base_url={self.base_url!r})"
@@ -120,6 +127,7 @@ class DashScopeClient:
         try:
             if kw["stream"]:
                 stream = await client.chat.completions.create(**kw)
+                limits.answered()   # the stream is open: the provider has counted the request
                 try:
                     completion = await stream.get_final_message()
                 finally:
@@ -148,15 +156,12 @@ class DashScopeClient:
                                         completion_tokens=int(getattr(usage, "output_tokens", 0) or 0)))
 
     def _client(self) -> Any:
-        from dashscope import AsyncClient
-
         n = self.engine.concurrency
         # Our own pool (sized to the engine's concurrency, all kept alive) with the key as a default
         # header; the SDK builds URLs from base_url and never retries (max_retries=0).
-        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {self._key}"},
-                                 timeout=httpx.Timeout(self.engine.timeout_s, connect=10.0),
-                                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
-        return AsyncClient(api_key=self._key, base_url=self.base_url, workspace=self.workspace, protocol="native",
+        # On aiohttp's pool (`transport.py`): httpcore's bookkeeping was most of the SDK path's CPU per call.
+        http = transport.async_client(n, self.engine.timeout_s, headers={"Authorization": f"Bearer {self._key}"})
+        return self._sdk_client(api_key=self._key, base_url=self.base_url, workspace=self.workspace, protocol="native",
                            timeout=self.engine.timeout_s, max_retries=0, http_client=http), http
 
     async def achat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None,

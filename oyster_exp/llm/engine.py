@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from oyster_exp.llm import limits
 from oyster_exp.llm.base import ChatResponse, LLMError
 from oyster_exp.llm.limits import EndpointLimiter
 
@@ -100,8 +101,10 @@ class CallEngine:
                 for attempt in range(allowed):
                     used += 1
                     ticket = await limiter.acquire(tokens)
+                    current = limits.CURRENT.set((limiter, ticket))   # `limits.answered()` from the client
                     try:
-                        resp = await asyncio.wait_for(calls[i](), timeout=self.timeout_s)
+                        async with asyncio.timeout(self.timeout_s):   # in this task: no task per call
+                            resp = await calls[i]()
                     except FatalError as e:
                         limiter.release(ticket)
                         results[i] = f"fatal: {e}"
@@ -119,6 +122,8 @@ class CallEngine:
                     except BaseException:
                         limiter.release(ticket)
                         raise
+                    finally:
+                        limits.CURRENT.reset(current)
                     limiter.release(ticket, tokens_used=(resp.usage.prompt_tokens + resp.usage.completion_tokens)
                                     if estimate_tokens else None)
                     results[i] = resp

@@ -6,18 +6,24 @@ and one base URL draw on one quota. So the limiter is looked up in a process-wid
 endpoint with that key gets the same object, for the life of the process.
 
 What it holds:
-- **Sliding-window limits.** Requests and (estimated) tokens per window (60 s by default) hold over
-  *every* window, not on average: a call may start only when the starts (and tokens) of the last
-  `window_s` seconds leave room for it. There is no initial burst allowance as with a token bucket, so
-  a limit set to the account's quota draws no 429 from the first batch.
+- **Sliding-window limits.** Configured requests and (estimated) tokens per window (60 s by default) hold over
+  *every* window of the provider's clock, not on average and not only of ours. A provider stamps a request when
+  it arrives, which may be any time between our start and its reply (a busy event loop, a slow send), so an
+  attempt holds its slot from its start until `window_s` after its reply began (`answered`: a stream's headers,
+  else the reply's end): whatever the provider stamped lies inside that span, so no window of its stamps can
+  hold more than the limit. The cost is one reply latency per slot, small against a 60-s window. There is no
+  initial burst allowance as with a token bucket, so a limit set to the account's quota draws no 429.
 - **Adaptive rate (AIMD).** A throttled reply (429, DashScope `Throttling*`) pauses every queued call to
-  the endpoint until its Retry-After, halves the in-flight cap, and sets a learned request limit to what
-  the last window held when the provider said no (a measurement, not a guess). Successes raise the cap
-  by 1/cap each (about one per round trip) and the learned limit by 3 % per full window, so the limiter
-  keeps probing upward and finds the provider's limit even when none is configured. The learned limit is
-  only set once a whole window has been seen (before that a 429 may come from a per-second burst limit).
-  A configured limit is a ceiling the learned one never exceeds. Only the first throttle after a cut cuts:
-  replies to calls sent before the cut describe the old rate.
+  the endpoint until its Retry-After and halves the in-flight cap. It also teaches a request limit: what our
+  window held when the provider said no (a measurement, not a guess; each later refusal of a call counted in it
+  takes one off). That is only trusted once a whole window has been seen, or when the provider's wait runs to
+  where our first start leaves a window (a window's limit, not a per-second burst limit, whose count of a part
+  of a window would be far too low); otherwise only the pause and the in-flight cut act. Under a learned limit
+  the starts are paced evenly (a provider that throttled us may meter its minute in seconds), and each full
+  window that the limit holds us back raises it, by 1 % after a cut and doubling per window without one (up to
+  8 %), so the limiter finds the limit without one configured and keeps probing for more. A configured limit
+  is a ceiling the learned one never exceeds. Only the first throttle after a cut cuts: replies to calls sent
+  before the cut describe the old rate.
 
 Across processes (joblib sweep arms, data-parallel workers) each process has its own limiter. We
 chose a share per process over a shared file-locked window: a lock file costs a filesystem round trip
@@ -29,14 +35,19 @@ absorbs on the provider's 429s.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import hashlib
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+CUT_FACTOR = 0.98        # a learned limit keeps this share of what the window held when the provider said no
+PROBE_STEP = 0.01        # the learned limit's first rise after a cut, per full window ...
+PROBE_STEP_MAX = 0.08    # ... doubling with each window that passes without a throttle, up to this
 
 
 def retry_after_s(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
@@ -69,12 +80,15 @@ def retry_after_s(headers: Mapping[str, str] | None, now: float | None = None) -
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
-    """One attempt's place in the window: its start, its token estimate, and whether it was throttled."""
+    """One attempt's place in the window. `stamp` is the moment we know the provider has seen the request (its
+    reply began, or ended); until then the attempt holds its slot however long ago it started, since a provider
+    stamps a request when it arrives, which can be any time between our start and its reply."""
 
     start: float
     tokens: float
+    stamp: float | None = None
     throttled: bool = False
 
 
@@ -85,10 +99,27 @@ class LimiterStats:
     cuts: int = 0
 
 
+CURRENT: contextvars.ContextVar[tuple[EndpointLimiter, Ticket] | None] = contextvars.ContextVar(
+    "oyster_limiter_ticket", default=None)
+
+
+def answered() -> None:
+    """The reply to the current attempt has begun (a stream's headers came): its slot's window starts now.
+
+    Clients call it where a reply arrives before it ends (streams); for the others the end of the call stamps
+    it. The engine sets the attempt for each call's task, so a client needs no handle on it."""
+    current = CURRENT.get()
+    if current is not None:
+        current[0].answered(current[1])
+
+
 @dataclass
 class EndpointLimiter:
     """The limits of one endpoint and key (see the module docstring). Thread-safe: each batch runs its own
-    event loop (`asyncio.run`), and batches of different roles may run at once from different threads."""
+    event loop (`asyncio.run`), and batches of different roles may run at once from different threads.
+
+    `clock` is injectable so that tests can drive the window rules on a simulated timeline (`try_acquire`,
+    `answered`, `release` are the synchronous core; `acquire` waits on it)."""
 
     label: str = ""
     window_s: float = 60.0
@@ -99,11 +130,16 @@ class EndpointLimiter:
     cap: float = 1.0                            # adaptive in-flight limit, 1 <= cap <= max_in_flight
     in_flight: int = 0
     paused_until: float = 0.0
+    clock: Callable[[], float] = time.monotonic
     stats: LimiterStats = field(default_factory=LimiterStats)
-    _window: deque[Ticket] = field(default_factory=deque)
-    _window_tokens: float = 0.0
+    _open: set[Ticket] = field(default_factory=set)          # started, no reply seen: they never expire
+    _done: deque[Ticket] = field(default_factory=deque)      # stamped, in stamp order: expire window_s later
+    _tokens: float = 0.0                                     # tokens of both
+    _next_start: float = -math.inf                           # pacing under a learned limit
     _last_cut: float = -math.inf
     _last_raise: float = 0.0
+    _probe_step: float = PROBE_STEP
+    _cut_ref: Ticket | None = None
     _first_start: float = math.inf
     _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -130,26 +166,71 @@ class EndpointLimiter:
         limits = [x for x in (self.requests_per_window, self.learned_requests) if x is not None]
         return max(1, int(min(limits))) if limits else None
 
+    def in_window(self) -> int:
+        """Attempts that count against the window now: every one in flight, and those answered in the last window."""
+        with self._lock:
+            self._expire(self.clock())
+            return len(self._open) + len(self._done)
+
     def _expire(self, now: float) -> None:
         edge = now - self.window_s
-        while self._window and self._window[0].start <= edge:
-            self._window_tokens -= self._window.popleft().tokens
+        done = self._done
+        while done and done[0].stamp <= edge:   # type: ignore[operator]
+            self._tokens -= done.popleft().tokens
 
     def _wait_s(self, now: float, tokens: float) -> float:
-        """How long until a call of `tokens` may start by the window and pause rules (0: now)."""
+        """How long until a call of `tokens` may start by the window, pacing and pause rules (0: now; inf: not
+        before an attempt in flight is answered)."""
         wait = self.paused_until - now
-        limit = self.request_limit()
-        if limit is not None and len(self._window) >= limit:
-            wait = max(wait, self._window[len(self._window) - limit].start + self.window_s - now)
+        # the configured ceiling holds over every window (a slot counts until its reply began, and a window
+        # after); a learned limit paces the starts instead (below), which also holds it over every window, and
+        # does not lose the reply's latency per slot on a limit we only estimated
+        limit = max(1, int(self.requests_per_window)) if self.requests_per_window is not None else None
+        if limit is not None:
+            over = len(self._open) + len(self._done) - limit   # answered attempts that must leave first, less one
+            if over >= 0:
+                wait = max(wait, self._done[over].stamp + self.window_s - now   # type: ignore[operator]
+                           if over < len(self._done) else math.inf)
+        if self.learned_requests is not None:
+            wait = max(wait, self._next_start - now)
         tpw = self.tokens_per_window
-        if tpw is not None and self._window_tokens + tokens > tpw:
-            excess = self._window_tokens + tokens - tpw
-            for t in self._window:                       # the oldest starts leave the window first
+        if tpw is not None and self._tokens + tokens > tpw:
+            excess, leave = self._tokens + tokens - tpw, math.inf
+            for t in self._done:                       # the first answered leave the window first
                 excess -= t.tokens
                 if excess <= 0:
-                    wait = max(wait, t.start + self.window_s - now)
+                    leave = t.stamp + self.window_s - now   # type: ignore[operator]
                     break
+            wait = max(wait, leave)
         return wait
+
+    def _admit(self, tokens: float) -> Ticket | float:
+        now = self.clock()
+        self._expire(now)
+        wait = self._wait_s(now, tokens)
+        if wait > 0:
+            return wait
+        if self.in_flight >= max(1, int(self.cap)):
+            return math.inf
+        ticket = Ticket(start=now, tokens=tokens)
+        self._first_start = min(self._first_start, now)
+        self._open.add(ticket)
+        self._tokens += tokens
+        self.in_flight += 1
+        self.stats.requests += 1
+        if self.learned_requests is not None:
+            # a provider that throttled us may meter at a finer grain than its window (providers quantise a
+            # per-minute limit into seconds): spread the starts evenly, allowing one start of slack for jitter
+            gap = self.window_s / self.learned_requests
+            self._next_start = max(self._next_start + gap, now)
+        return ticket
+
+    def try_acquire(self, tokens: float = 1.0) -> Ticket | float:
+        """Admit one call now (its Ticket, to `release`) or say how long until one may be admitted (seconds;
+        inf: not before an attempt in flight ends). The synchronous core of `acquire`."""
+        tokens = min(float(tokens), self.tokens_per_window or float(tokens))
+        with self._lock:
+            return self._admit(tokens)
 
     async def acquire(self, tokens: float = 1.0) -> Ticket:
         """Wait for the window, a pause and the in-flight cap to admit one call; the caller must `release` it."""
@@ -157,40 +238,50 @@ class EndpointLimiter:
         while True:
             waiter: asyncio.Future[None] | None = None
             with self._lock:
-                now = time.monotonic()
-                self._expire(now)
-                wait = self._wait_s(now, tokens)
-                if wait <= 0:
-                    if self.in_flight < max(1, int(self.cap)):
-                        ticket = Ticket(start=now, tokens=tokens)
-                        self._first_start = min(self._first_start, now)
-                        self._window.append(ticket)
-                        self._window_tokens += tokens
-                        self.in_flight += 1
-                        self.stats.requests += 1
-                        return ticket
+                got = self._admit(tokens)
+                if isinstance(got, Ticket):
+                    return got
+                if got == math.inf:
                     loop = asyncio.get_running_loop()
                     waiter = loop.create_future()
                     self._waiters.append((loop, waiter))
             if waiter is None:
-                await asyncio.sleep(wait)
+                await asyncio.sleep(got)
             else:
                 await waiter
+
+    def _stamp(self, ticket: Ticket, now: float) -> None:
+        if ticket.stamp is None:
+            ticket.stamp = now
+            self._open.discard(ticket)
+            self._done.append(ticket)     # stamps come from one clock under one lock: the deque stays in order
+
+    def answered(self, ticket: Ticket) -> None:
+        """The provider has seen this attempt (its reply began): from now it leaves the window `window_s` later."""
+        with self._lock:
+            self._stamp(ticket, self.clock())
 
     def release(self, ticket: Ticket, throttled: bool = False, retry_after: float | None = None,
                 tokens_used: float | None = None) -> None:
         """An attempt ended: free its slot and learn from how it ended (throttled or answered)."""
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
+            self._stamp(ticket, now)
             self.in_flight -= 1
-            if tokens_used is not None and ticket in self._window:   # the estimate becomes the real count
-                self._window_tokens += tokens_used - ticket.tokens
+            if tokens_used is not None:       # the estimate becomes the real count (while it is in the window)
+                self._expire(now)             # after this, a stamp within the last window is still counted
+                if ticket.stamp + self.window_s > now:   # type: ignore[operator]
+                    self._tokens += tokens_used - ticket.tokens
                 ticket.tokens = tokens_used
             if throttled:
                 ticket.throttled = True
                 self.stats.throttled += 1
                 if ticket.start >= self._last_cut:   # sent under the current rate: this one tells us something
                     self._cut(ticket, now, retry_after)
+                elif (self._cut_ref is not None and self.learned_requests is not None
+                      and ticket.start <= self._cut_ref.start):
+                    # counted as accepted when the limit was learned, but the provider refused it too
+                    self.learned_requests = max(1.0, self.learned_requests - CUT_FACTOR)
             else:
                 self._raise(now)
             waiters, self._waiters = self._waiters, []
@@ -201,12 +292,18 @@ class EndpointLimiter:
         self.stats.cuts += 1
         self._last_cut = self._last_raise = now
         self.cap = max(1.0, min(self.cap, self.in_flight + 1.0) / 2)   # halve what was really in flight
-        if ticket.start - self._first_start >= self.window_s:
-            # a whole window seen: what it held when the provider said no is its limit. Earlier, a 429 may come
-            # from a burst limit (providers also meter per second), and the count of a fraction of a window
-            # would be far too low: then only the pause and the in-flight cut act.
-            accepted = sum(1 for t in self._window if not t.throttled and t.start <= ticket.start)
-            self.learned_requests = max(1.0, 0.97 * accepted)
+        whole_window = ticket.start - self._first_start >= self.window_s
+        # the provider's wait runs to where our first start leaves a window: what stops us is a window's limit
+        window_wall = retry_after is not None and now + retry_after >= self._first_start + 0.9 * self.window_s
+        if whole_window or window_wall:
+            # what the window held when the provider said no is its limit (a measurement, not a guess). Before a
+            # whole window has passed, and without a wait that says so, a 429 may come from a burst limit
+            # (providers also meter per second), and the count of a part of a window would be far too low: then
+            # only the pause and the in-flight cut act.
+            accepted = sum(1 for t in (*self._done, *self._open)
+                           if not t.throttled and t.start <= ticket.start)
+            self.learned_requests = max(1.0, CUT_FACTOR * accepted)
+            self._cut_ref, self._probe_step = ticket, PROBE_STEP
         self.paused_until = max(self.paused_until, now + (retry_after if retry_after is not None else 1.0))
 
     def _raise(self, now: float) -> None:
@@ -214,8 +311,9 @@ class EndpointLimiter:
             self.cap = min(float(self.max_in_flight), self.cap + 1.0 / self.cap)
         if self.learned_requests is not None and now - self._last_raise >= self.window_s:
             self._last_raise = now
-            if len(self._window) >= 0.9 * self.learned_requests:   # only while the limit is what holds us back
-                self.learned_requests *= 1.03
+            if len(self._open) + len(self._done) >= 0.9 * self.learned_requests:   # the limit holds us back
+                self.learned_requests *= 1.0 + self._probe_step
+                self._probe_step = min(PROBE_STEP_MAX, 2 * self._probe_step)
                 if self.requests_per_window is not None and self.learned_requests >= self.requests_per_window:
                     self.learned_requests = None                  # back at the configured ceiling
 

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+import aiohttp
 import httpx
 
 from oyster_exp.llm.base import ChatRequest, ChatResponse, OnReply, Usage, continues_assistant
@@ -92,32 +93,38 @@ class OpenAICompatClient:
             self._strict = (schema, strict_schema(schema))
         return self._strict[1]
 
-    async def _post(self, client: httpx.AsyncClient, req: ChatRequest, headers: dict[str, str]) -> ChatResponse:
+    async def _post(self, session: aiohttp.ClientSession, url: str, req: ChatRequest,
+                    headers: dict[str, str]) -> ChatResponse:
+        data = json.dumps(self.body(req)).encode()
         try:
-            resp = await client.post(f"{self.base_url}/chat/completions", content=json.dumps(self.body(req)),
-                                     headers=headers)
-        except httpx.TimeoutException:
+            async with session.post(url, data=data, headers=headers, allow_redirects=False) as resp:
+                status, payload = resp.status, await resp.read()
+                retry_after = retry_after_s(resp.headers) if status in RETRYABLE_STATUS else None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise RetryableError("timeout") from None
-        except httpx.TransportError as e:
+        except (aiohttp.ClientError, OSError) as e:
             raise RetryableError(f"transport error: {type(e).__name__}") from None
-        if resp.status_code in RETRYABLE_STATUS:
-            raise RetryableError(f"HTTP {resp.status_code}", retry_after=retry_after_s(resp.headers),
-                                 throttled=resp.status_code == 429)
-        if resp.status_code >= 400:
-            raise FatalError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        if status in RETRYABLE_STATUS:
+            raise RetryableError(f"HTTP {status}", retry_after=retry_after, throttled=status == 429)
+        if status >= 400:
+            raise FatalError(f"HTTP {status}: {payload[:200].decode(errors='replace')}")
         try:
-            data = json.loads(resp.content)
+            body = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RetryableError("malformed response body (not JSON)") from None
-        return parse_completion(data)
+        return parse_completion(body)
 
     async def achat_batch(self, requests: list[ChatRequest], on_reply: OnReply | None = None,
                           budgets: list[int] | None = None) -> list[ChatResponse | str]:
-        limits = httpx.Limits(max_connections=self.engine.concurrency,
-                              max_keepalive_connections=self.engine.concurrency)
+        n = self.engine.concurrency
         headers = self._headers()   # once per batch: the key is read from the environment here
-        async with httpx.AsyncClient(timeout=self.engine.timeout_s, limits=limits) as client:
-            calls = [lambda r=r: self._post(client, r, headers) for r in requests]
+        # aiohttp, not httpx: httpcore's pool bookkeeping cost ~3 ms of CPU per call at 32 connections (see
+        # `transport.py`); the engine's timeout bounds each call, the session's only the connect
+        connector = aiohttp.TCPConnector(limit=n, limit_per_host=n, keepalive_timeout=30.0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=PROBE_TIMEOUT_S)
+        url = f"{self.base_url}/chat/completions"
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True) as session:
+            calls = [lambda r=r: self._post(session, url, r, headers) for r in requests]
             estimate = (lambda i: requests[i].token_estimate()) if self.engine.tokens_per_minute else None
             return await self.engine.run(calls, estimate_tokens=estimate, on_reply=on_reply, budgets=budgets)
 
