@@ -9,12 +9,12 @@ requests shared its batch.
 Structured output (`response_schema` set) goes to the client's structured decoder, chosen by the
 `structured_decoding` knob (`conf/llm/local.yaml`):
 
-- `grammar` (default): `grammar_decoding.GrammarDecoder`, llguidance token masks over a whole micro-batch in
-  one `generate` call, for any JSON schema;
-- `frame`: `constrained_decoding.ConstrainedDecoder`, the earlier per-request decoder that feeds the fixed JSON
-  frame of a flat schema and generates only the values. It is kept as the reference the grammar decoder is
-  benchmarked against (`benchmarks/local_generation.py`) and for single flat requests, where it needs fewer
-  forwards (keys are fed in one forward, not token by token).
+- `frame` (default): `constrained_decoding.ConstrainedDecoder`, the per-request decoder that feeds the fixed
+  JSON frame of a flat schema and generates only the values (keys in one forward, not token by token);
+- `grammar`: `grammar_decoding.GrammarDecoder`, llguidance token masks over a whole micro-batch in one
+  `generate` call, for any JSON schema. Measured slower than `frame` on this 2-core CPU with SmolLM2
+  (`benchmarks/local_generation.py`: every forced key token costs one batched step), so not the default until
+  forced tokens are fed in multi-token forwards.
 
 The decoder's name is part of the client's `cache_backend`, so the call cache never serves one decoder's
 reply to the other.
@@ -81,7 +81,7 @@ class LocalClient:
 
     def __init__(self, model_path: str | Path, model_id: str | None = None, dtype: str = "float32",
                  device: str = "cpu", max_batch_size: int = 8, torch_threads: int | None = None,
-                 progress: bool | None = None, structured_decoding: str = "grammar"):
+                 progress: bool | None = None, structured_decoding: str = "frame"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if torch_threads:

@@ -177,7 +177,7 @@ def test_each_role_talks_to_its_own_backend(compose_cfg, tiny_model_dir: Path, t
         svc = build_service(cfg, tmp_path)
         backends = {role: b.client.backend for role, b in svc.roles.items()}
         assert backends == {"actor": "local", "user_judge": "dashscope", "safety_judge": "dashscope",
-                            "editor": "dashscope"}
+                            "editor": "dashscope", "follower": "dashscope"}
         svc.stage = "test"
         (answer,) = svc.text("actor", [[ChatMessage(role="user", content="hello")]])
         assert state.requests == 0, "the actor must run in-process"

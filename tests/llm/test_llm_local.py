@@ -46,7 +46,7 @@ class Nested(BaseModel):
 def grammar_client(tiny_model_dir: Path):
     from oyster_exp.llm.local import LocalClient
 
-    return LocalClient(tiny_model_dir, model_id="tiny", max_batch_size=8)
+    return LocalClient(tiny_model_dir, model_id="tiny", max_batch_size=8, structured_decoding="grammar")
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def frame_client(tiny_model_dir: Path):
 
 
 @pytest.fixture
-def client(grammar_client):
+def client(frame_client):
     """Free-text tests: the default client (its structured decoder plays no part)."""
-    return grammar_client
+    return frame_client
 
 
 @pytest.fixture(params=["grammar", "frame"])
