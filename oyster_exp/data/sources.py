@@ -109,8 +109,26 @@ class QueryFields:
     persona: str | None = None
 
 
+class _TableFile:
+    """A source read through `data.tabular` (a file of any table format, a saved dataset, a cached hub set):
+    its `path`, `split` and `config_name` name the table, whose content hash is the stage's extra input."""
+
+    def _ref(self) -> Any:
+        from oyster_exp.data.tabular import TableRef
+
+        return TableRef(str(self.path), str(self.split), self.config_name)
+
+    def file(self) -> Path:
+        return Path(str(self.path)).expanduser()
+
+    def input_hash(self) -> str:
+        from oyster_exp.data.tabular import table_hash
+
+        return table_hash(self._ref())
+
+
 @dataclass(frozen=True)
-class DatasetQueries(QuerySource):
+class DatasetQueries(_TableFile, QuerySource):
     """Queries from any table `data.tabular` reads (CSV, JSONL, Parquet, a saved dataset, a cached hub set).
 
     Public red-teaming sets name their columns their own way (`forbidden_prompt`, `goal`, `Behavior`), so
@@ -130,19 +148,6 @@ class DatasetQueries(QuerySource):
     def check_config(node: Any, key: str) -> None:
         """The choices a string knob can take (run by `config.structured.validate_config`)."""
         _check_choices(node, key, unknown_category=("error", "none"), language=("en", "cn"))
-
-    def _ref(self) -> Any:
-        from oyster_exp.data.tabular import TableRef
-
-        return TableRef(str(self.path), str(self.split), self.config_name)
-
-    def file(self) -> Path:
-        return Path(str(self.path)).expanduser()
-
-    def input_hash(self) -> str:
-        from oyster_exp.data.tabular import table_hash
-
-        return table_hash(self._ref())
 
     def rows(self) -> list[dict[str, Any]]:
         from oyster_exp.data.seed import check_query_row
@@ -184,7 +189,7 @@ class DatasetQueries(QuerySource):
 
 
 @dataclass(frozen=True)
-class PreferencePairs(QuerySource):
+class PreferencePairs(_TableFile, QuerySource):
     """Preference pairs made elsewhere (TRL standard, conversational or implicit-prompt rows; JSONL, Parquet,
     CSV, a saved dataset or a cached hub set): the run trains, evaluates and reports on them, no engine.
 
@@ -204,19 +209,6 @@ class PreferencePairs(QuerySource):
     def check_config(node: Any, key: str) -> None:
         """The choices a string knob can take (run by `config.structured.validate_config`)."""
         _check_choices(node, key, language=("en", "cn"))
-
-    def _ref(self) -> Any:
-        from oyster_exp.data.tabular import TableRef
-
-        return TableRef(str(self.path), str(self.split), self.config_name)
-
-    def file(self) -> Path:
-        return Path(str(self.path)).expanduser()
-
-    def input_hash(self) -> str:
-        from oyster_exp.data.tabular import table_hash
-
-        return table_hash(self._ref())
 
     def pairs(self) -> list[dict[str, Any]]:
         from oyster_exp.data.preferences import preference_rows
