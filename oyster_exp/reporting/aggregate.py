@@ -20,6 +20,7 @@ from oyster_exp.reporting.sweep_tables import (
     overall_rows,
     paper_comparison,
     tidy_rows,
+    with_knobs,
     write_csv,
 )
 
@@ -37,7 +38,8 @@ def write_sweep_report(path: Path) -> Path:
     path = Path(path)
     arms = collect(path)
     deltas, baseline_note = arm_deltas(arms, baseline_rule(arms), resamples=_resamples(arms))
-    csv_path = write_csv(tidy_rows(arms) + overall_rows(arms) + delta_rows(deltas), path / "summary.csv")
+    csv_path = write_csv(with_knobs(tidy_rows(arms) + overall_rows(arms) + delta_rows(deltas), arms),
+                         path / "summary.csv")
     plots = write_plots(arms, path / "plots")
     failed = [a for a in arms if a.status == "failed"]
     md = [f"# Sweep summary: {path.name}", "",

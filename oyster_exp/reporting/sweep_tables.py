@@ -48,6 +48,14 @@ def tidy_rows(arms: list[Arm]) -> list[dict[str, Any]]:
     return out
 
 
+def with_knobs(rows: list[dict[str, Any]], arms: list[Arm]) -> list[dict[str, Any]]:
+    """Every row with its arm's knob columns (the overall and vs-baseline rows are built without them), so a
+    filter on a knob's column in summary.csv selects every row of that arm."""
+    knobs = {a.job: a.knobs for a in arms}
+    keys = sorted({k for a in arms for k in a.knobs})
+    return [{**r, **{k: r.get(k, knobs.get(r.get("arm"), {}).get(k, "")) for k in keys}} for r in rows]
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     """`rows` as CSV; the columns are the union of the rows' keys in first-seen order (arms differ in knobs)."""
     cols: list[str] = []

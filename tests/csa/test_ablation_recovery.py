@@ -15,7 +15,7 @@ BY_NAME = {c.name: c for c in COMPONENTS}
 
 
 def _recover(tmp_path: Path, name: str, null: bool) -> dict:
-    cases = make_cases(24)
+    cases = make_cases(40)
     queries = write_queries(tmp_path / "q.jsonl", cases)
     world = World(cases, null=frozenset(BY_NAME) if null else frozenset())
     with serve(responder=world) as (url, _):
