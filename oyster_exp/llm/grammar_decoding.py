@@ -35,7 +35,7 @@ import torch
 from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage
 from oyster_exp.llm.constrained_decoding import TokenTables
 from oyster_exp.llm.json_frame import DEFAULT_MAX_ITEMS
-from oyster_exp.llm.sampling import sample_token, sampling_seed
+from oyster_exp.llm.sampling import pinned_row, sampling_seed
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,7 @@ class GrammarLogitsProcessor:
                 if torch.isfinite(squeezed).any():
                     scores[i] = squeezed
             if gen is not None:
-                tok = sample_token(scores[i], temp, top_p, gen)
-                row = torch.full_like(scores[i], float("-inf"))
-                row[tok] = 0.0
-                scores[i] = row
+                scores[i] = pinned_row(scores[i], temp, top_p, gen)
         return scores
 
 

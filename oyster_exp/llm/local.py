@@ -35,7 +35,7 @@ from oyster_exp.llm.constrained_decoding import ConstrainedDecoder, TokenTables
 from oyster_exp.llm.engine import CallProgress
 from oyster_exp.llm.grammar_decoding import GrammarDecoder
 from oyster_exp.llm.json_frame import field_specs
-from oyster_exp.llm.sampling import sample_token, sampling_seed
+from oyster_exp.llm.sampling import pinned_row, sampling_seed
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -59,10 +59,7 @@ class _RowSampler:
         scores = scores + self.ban[: scores.shape[-1]].to(scores.dtype)
         for i, (temp, top_p, gen) in enumerate(self.rows):
             if gen is not None:
-                tok = sample_token(scores[i], temp, top_p, gen)
-                row = torch.full_like(scores[i], float("-inf"))
-                row[tok] = 0.0
-                scores[i] = row
+                scores[i] = pinned_row(scores[i], temp, top_p, gen)
         return scores
 
 
