@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/local_generation.py     # SmolLM2-135M, fp32, CPU; one JSON line last
 
 Sides, each in its own subprocess (own time and peak memory), alternating over --repeats rounds:
-- `batched` / `sequential`: the same free-text prompts in one `chat_batch` or one call each;
+- `batched` / `sequential`: the same free-text prompts in one `chat_batch` (the lockstep loop over a
+  micro-batch) or one call each;
 - `grammar` / `frame`: the same structured requests (the user and safety judges' reply schemas, greedy and
-  sampled mixed) in one `chat_batch`, decoded by `structured_decoding=grammar` (llguidance masks over a
-  micro-batch) or `frame` (the per-request JSON-frame decoder). Every reply is validated against its schema.
+  sampled mixed) in one `chat_batch`, decoded by `structured_decoding=grammar` (llguidance masks, a micro-batch
+  in lockstep, forced ids fed with the sampled ones) or `frame` (the per-request JSON-frame decoder, the
+  baseline). Every reply is validated against its schema.
 The summary gives medians over the rounds and the spread (min, max) of each figure.
 """
 from __future__ import annotations
@@ -84,7 +86,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--structured", type=int, default=32, help="structured calls per structured side")
-    ap.add_argument("--batch", type=int, default=16, help="the client's max_batch_size")
+    ap.add_argument("--batch", type=int, default=32, help="the client's max_batch_size (conf/llm/local.yaml's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["free", "structured"], help="run one pair of sides")
     a = ap.parse_args()

@@ -38,7 +38,7 @@ class GenerationSettings:
     max_new_tokens: int = 96
     temperature: float = 0.0
     top_p: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 32
     enable_thinking: bool = False
     think: str = "strip"              # strip | keep
     answer_after_think: int = 0       # >0: tokens for an answer forced after a reasoning phase that ran out
@@ -93,8 +93,9 @@ def make_answer(content: str, reasoning: str, think_mode: str) -> Answer:
 def local_subject(path: Path, model_id: str, dtype: str, batch_size: int) -> LLMClient:
     """The in-process model under test; shares the loaded weights with judge roles on the same model.
 
-    The shared client's micro-batch size is set to the evaluation batch size (it only shapes free-text
-    batches, which in the evaluate stage are the subject's answers).
+    The shared client's micro-batch size is set to the evaluation batch size: it shapes the subject's answers
+    and the judges' structured batches on the same client (a reply does not depend on its batch, only the
+    speed does).
     """
     from oyster_exp.llm.factory import local_client
     from oyster_exp.models.sources import LocalPathModel

@@ -12,7 +12,7 @@ from oyster_exp.models.resolve import model_source
 _LOCAL: dict[tuple[str, str, str, str], Any] = {}   # (checkpoint, dtype, model id, structured decoder)
 
 
-def local_client(model: Any, max_batch_size: int = 8, structured_decoding: str = "frame") -> Any:
+def local_client(model: Any, max_batch_size: int = 8, structured_decoding: str = "grammar") -> Any:
     """An in-process client on the base model. `model` is a `ModelSource` (what Hydra builds from
     `model: ${model}`) or a `model` config node. `structured_decoding` picks the JSON decoder
     (`llm.local.STRUCTURED_DECODERS`): roles asking for different decoders get different clients.

@@ -1,9 +1,11 @@
 """Batched schema-constrained decoding for the local backend, through llguidance.
 
-Every structured request of a micro-batch is decoded in one left-padded `model.generate` call. A logits
-processor holds one llguidance matcher per row (the request's JSON schema compiled to a grammar), computes
-all rows' token masks in parallel in Rust, applies them and then samples each row from its own seeded
-generator (as free text does), so a reply depends on its request only, not on its batch mates.
+Every structured request of a micro-batch is decoded together by the lockstep loop (`llm.lockstep`: one
+KV cache, one forward a step, a shared prompt prefix run once, finished rows dropped). Each row holds one
+llguidance matcher (the request's JSON schema compiled to a grammar); the ready rows' token masks are computed
+in parallel in Rust; after each sampled token the ids the grammar forces (keys, quotes, separators) are fed
+with it in the next forward, not one step each. Each row samples from its own seeded generator (as free text
+does), so a reply depends on its request only, not on its batch mates.
 
 Why llguidance (measured on SmolLM2's 49k vocabulary, CPU, see the report in `benchmarks/local_generation.py`):
 it installs from PyPI with no dependencies (xgrammar pulls in triton and apache-tvm-ffi; outlines-core needs a
@@ -35,7 +37,7 @@ import torch
 from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage
 from oyster_exp.llm.constrained_decoding import TokenTables
 from oyster_exp.llm.json_frame import DEFAULT_MAX_ITEMS
-from oyster_exp.llm.sampling import pinned_row, sampling_seed
+from oyster_exp.llm.lockstep import Lockstep, LockstepRow
 
 log = logging.getLogger(__name__)
 
@@ -130,68 +132,67 @@ class _ValueTracker:
             self.tokens += 1
 
 
-class GrammarLogitsProcessor:
-    """A `generate` logits processor: per-row llguidance masks, the value-length squeeze, per-row sampling."""
+class GrammarRow(LockstepRow):
+    """A structured reply: its llguidance matcher and value tracker on top of the lockstep row.
 
-    def __init__(self, decoder: GrammarDecoder, reqs: list[ChatRequest], prompt_width: int):
+    After each sampled token the ids the grammar forces next (keys, quotes, separators) are queued with it,
+    so the loop feeds them in the same forward instead of one step each.
+    """
+
+    def __init__(self, decoder: GrammarDecoder, req: ChatRequest, prompt: list[int]):
         import llguidance
 
+        super().__init__(req, prompt, decoder.device)
         self.d = decoder
-        self.width = prompt_width
-        self.matchers = []
-        for r in reqs:
-            m = llguidance.LLMatcher(decoder.ll_tokenizer, decoder.grammar(r.response_schema or {}))
-            if m.is_error():
-                raise ValueError(f"response_schema cannot be compiled for constrained decoding: {m.get_error()}")
-            self.matchers.append(m)
-        self.budgets = [r.max_tokens_per_field for r in reqs]
-        self.trackers = [_ValueTracker() for _ in reqs]
-        self.done = [False] * len(reqs)
-        self.rows = [(r.temperature, r.top_p, torch.Generator(device=decoder.device).manual_seed(sampling_seed(r))
-                      if r.temperature > 0 else None) for r in reqs]
-        self.bitmask = torch.full((len(reqs), (decoder.tables.size + 31) // 32), -1, dtype=torch.int32)
+        self.matcher = llguidance.LLMatcher(decoder.ll_tokenizer, decoder.grammar(req.response_schema or {}))
+        if self.matcher.is_error():
+            raise ValueError("response_schema cannot be compiled for constrained decoding: "
+                             f"{self.matcher.get_error()}")
+        self.budget = req.max_tokens_per_field
+        self.cap = token_bound(bounded_schema(req.response_schema or {}), req.max_tokens_per_field)
+        self.tracker = _ValueTracker()
+        self.pending += self._forced()
 
-    def _consume(self, input_ids: torch.LongTensor) -> None:
-        if input_ids.shape[1] <= self.width:
+    def _accept(self, ids: list[int]) -> None:
+        for tok in ids:
+            self.tracker.feed(self.d.tables.pieces[tok])
+        self.ids.extend(ids)
+
+    def _forced(self) -> list[int]:
+        """The ids the grammar allows no alternative to from here, consumed and recorded."""
+        ff = list(self.matcher.compute_ff_tokens())
+        if ff and self.matcher.consume_tokens(ff):
+            self._accept(ff)
+            return ff
+        return []
+
+    def choose(self, scores: torch.Tensor) -> int:
+        """The next token from grammar-masked `scores`: squeezed to a value's closers past its token budget."""
+        t = self.tracker
+        if (t.in_string or t.in_number) and t.tokens >= self.budget:
+            closers = self.d.closes_string if t.in_string else self.d.closes_number
+            squeezed = scores.masked_fill(~closers[: scores.shape[-1]], float("-inf"))
+            if torch.isfinite(squeezed).any():
+                scores = squeezed
+        return super().choose(scores)
+
+    def advance(self, tok: int) -> None:
+        """Take the sampled token, queue it with what the grammar forces next; done at the end or the cap."""
+        m = self.matcher
+        if tok in self.d.tables.stop_ids or not m.consume_token(tok):
+            self.done = True
             return
-        last = input_ids[:, -1].tolist()
-        for i, tok in enumerate(last):
-            if self.done[i]:
-                continue
-            m = self.matchers[i]
-            if tok in self.d.tables.stop_ids or not m.consume_token(tok):
-                self.done[i] = True
-                continue
-            self.trackers[i].feed(self.d.tables.pieces[tok])
-            if m.is_stopped():
-                self.done[i] = True
+        self._accept([tok])
+        self.pending = [tok] + ([] if m.is_stopped() else self._forced())
+        self.done = m.is_stopped() or len(self.ids) >= self.cap
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        import llguidance.torch as llt
-
-        self._consume(input_ids)
-        live = [(m, i) for i, m in enumerate(self.matchers) if not self.done[i]]
-        if live:
-            llt.fill_next_token_bitmask_par(self.d.executor, live, self.bitmask)
-        v = scores.shape[-1]
-        bits = np.unpackbits(self.bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :v]
-        allowed = torch.from_numpy(bits.astype(bool)).to(scores.device)
-        scores = (scores + self.d.tables.text_ban[:v].to(scores.dtype)).masked_fill(~allowed, float("-inf"))
-        eos = self.d.tables.eos_id
-        for i, (temp, top_p, gen) in enumerate(self.rows):
-            if self.done[i]:                # finished: generate pads it; keep the row finite
-                scores[i] = float("-inf")
-                scores[i, eos] = 0.0
-                continue
-            t = self.trackers[i]
-            if (t.in_string or t.in_number) and t.tokens >= self.budgets[i]:
-                closers = self.d.closes_string if t.in_string else self.d.closes_number
-                squeezed = scores[i].masked_fill(~closers[:v], float("-inf"))
-                if torch.isfinite(squeezed).any():
-                    scores[i] = squeezed
-            if gen is not None:
-                scores[i] = pinned_row(scores[i], temp, top_p, gen)
-        return scores
+    def reply(self, tokenizer: Any) -> ChatResponse:
+        text = tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        finished = self.matcher.is_accepting() and not self.matcher.is_error()
+        if not finished:
+            log.debug("structured reply cut at %d tokens: %s", len(self.ids), text)
+        return ChatResponse(content=text, finish_reason="stop" if finished else "length",
+                            usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=len(self.ids)))
 
 
 class GrammarDecoder:
@@ -215,6 +216,8 @@ class GrammarDecoder:
         self.closes_number = torch.tensor([bool(p) and any(c not in _NUMBER_CHARS for c in p) for p in pieces],
                                           dtype=torch.bool, device=device)
         self._grammars: dict[str, str] = {}
+        self.lockstep = Lockstep(model, tables, device)
+        self._bitmask = torch.full((1, (tables.size + 31) // 32), -1, dtype=torch.int32)
 
     def grammar(self, schema: dict[str, Any]) -> str:
         """The llguidance grammar of a bounded schema (compiled once per distinct schema)."""
@@ -232,27 +235,20 @@ class GrammarDecoder:
         return g
 
     def decode_batch(self, reqs: list[ChatRequest], prompts: list[list[int]]) -> list[ChatResponse]:
-        """One left-padded `generate` for the batch; each reply is its row's tokens up to the end of the JSON."""
-        from transformers import LogitsProcessorList
+        """Decode the batch in lockstep (`lockstep.Lockstep`); llguidance masks every ready row in parallel."""
+        rows = [GrammarRow(self, r, p) for r, p in zip(reqs, prompts)]
+        self.lockstep.run(rows, self._constrain)
+        return [r.reply(self.tokenizer) for r in rows]
 
-        v = self.tables
-        width = max(len(p) for p in prompts)
-        cap = max(token_bound(bounded_schema(r.response_schema or {}), r.max_tokens_per_field) for r in reqs)
-        proc = GrammarLogitsProcessor(self, reqs, width)
-        input_ids = torch.tensor([[v.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        gen = self.model.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=cap, do_sample=False, num_beams=1,
-            repetition_penalty=1.0, use_cache=True, pad_token_id=v.pad_id, eos_token_id=sorted(v.stop_ids),
-            logits_processor=LogitsProcessorList([proc]))
-        out = []
-        for i, (row, prompt) in enumerate(zip(gen[:, width:].tolist(), prompts)):
-            end = next((k for k, t in enumerate(row) if t in v.stop_ids), None)
-            ids = row if end is None else row[:end]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            finished = proc.matchers[i].is_accepting()
-            if not finished:
-                log.debug("structured reply cut at %d tokens: %s", len(ids), text)
-            out.append(ChatResponse(content=text, finish_reason="stop" if finished else "length",
-                                    usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(ids))))
-        return out
+    def _constrain(self, rows: list[GrammarRow], scores: torch.Tensor) -> torch.Tensor:
+        """The rows' grammar masks (computed together, in Rust threads) and the chat-control ban."""
+        import llguidance.torch as llt
+
+        if self._bitmask.shape[0] < len(rows):
+            self._bitmask = torch.full((len(rows), self._bitmask.shape[1]), -1, dtype=torch.int32)
+        mask = self._bitmask[: len(rows)]
+        llt.fill_next_token_bitmask_par(self.executor, [(r.matcher, j) for j, r in enumerate(rows)], mask)
+        v = scores.shape[-1]
+        bits = np.unpackbits(mask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :v]
+        allowed = torch.from_numpy(bits.astype(bool)).to(scores.device)
+        return (scores + self.tables.text_ban[:v].to(scores.dtype)).masked_fill(~allowed, float("-inf"))

@@ -1,20 +1,19 @@
 """In-process transformers backend: the `LLMClient` for a local model (loading, chat templates, batching).
 
-Free text: requests with equal sampling parameters are generated together, one left-padded
-`model.generate` call per micro-batch. Sampling is done per row by a logits processor with its
-own `torch.Generator` seeded from the request (its seed mixed with its messages, see
-`sampling.sampling_seed`), so a sampled reply depends on its request only, not on which other
-requests shared its batch.
+Free text: the requests of a micro-batch (similar prompt lengths together, any sampling parameters) are
+decoded together by the lockstep loop (`llm.lockstep`: one KV cache, a shared prompt prefix run once,
+finished rows dropped). Each row samples from its own `torch.Generator` seeded from the request (its seed
+mixed with its messages, see `sampling.sampling_seed`), so a sampled reply depends on its request only, not
+on which other requests shared its batch.
 
 Structured output (`response_schema` set) goes to the client's structured decoder, chosen by the
 `structured_decoding` knob (`conf/llm/local.yaml`):
 
-- `frame` (default): `constrained_decoding.ConstrainedDecoder`, the per-request decoder that feeds the fixed
-  JSON frame of a flat schema and generates only the values (keys in one forward, not token by token);
-- `grammar`: `grammar_decoding.GrammarDecoder`, llguidance token masks over a whole micro-batch in one
-  `generate` call, for any JSON schema. Measured slower than `frame` on this 2-core CPU with SmolLM2
-  (`benchmarks/local_generation.py`: every forced key token costs one batched step), so not the default until
-  forced tokens are fed in multi-token forwards.
+- `grammar` (default): `grammar_decoding.GrammarDecoder`, llguidance token masks over a whole micro-batch
+  decoded in lockstep, forced ids fed in multi-token forwards, for any JSON schema;
+- `frame`: `constrained_decoding.ConstrainedDecoder`, the per-request decoder that feeds the fixed JSON frame
+  of a flat schema and generates only the values. Kept as the measured baseline and for comparison; slower on
+  every shape measured (`benchmarks/local_generation.py`).
 
 The decoder's name is part of the client's `cache_backend`, so the call cache never serves one decoder's
 reply to the other.
@@ -24,43 +23,21 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from oyster_exp.llm.base import ChatRequest, ChatResponse, Usage, continues_assistant
+from oyster_exp.llm.base import ChatRequest, ChatResponse, continues_assistant
 from oyster_exp.llm.constrained_decoding import ConstrainedDecoder, TokenTables
 from oyster_exp.llm.engine import CallProgress
 from oyster_exp.llm.grammar_decoding import GrammarDecoder
 from oyster_exp.llm.json_frame import field_specs
-from oyster_exp.llm.sampling import pinned_row, sampling_seed
+from oyster_exp.llm.lockstep import Lockstep, TextRow
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-
-
-class _RowSampler:
-    """A `generate` logits processor: bans control tokens and samples each row with its own seed.
-
-    `generate` runs greedy; a sampled row's scores are replaced by a one-hot of the token drawn
-    from that row's generator, so greedy search picks it.
-    """
-
-    def __init__(self, ban: torch.Tensor, reqs: list[ChatRequest], device: torch.device):
-        self.ban = ban
-        self.rows = [(r.temperature, r.top_p,
-                      torch.Generator(device=device).manual_seed(sampling_seed(r)) if r.temperature > 0 else None)
-                     for r in reqs]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores + self.ban[: scores.shape[-1]].to(scores.dtype)
-        for i, (temp, top_p, gen) in enumerate(self.rows):
-            if gen is not None:
-                scores[i] = pinned_row(scores[i], temp, top_p, gen)
-        return scores
 
 
 def _stderr_is_terminal() -> bool:
@@ -78,7 +55,7 @@ class LocalClient:
 
     def __init__(self, model_path: str | Path, model_id: str | None = None, dtype: str = "float32",
                  device: str = "cpu", max_batch_size: int = 8, torch_threads: int | None = None,
-                 progress: bool | None = None, structured_decoding: str = "frame"):
+                 progress: bool | None = None, structured_decoding: str = "grammar"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if torch_threads:
@@ -94,6 +71,7 @@ class LocalClient:
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)
         self.model.to(self.device).eval().requires_grad_(False)
         self.vocab = TokenTables(self.tokenizer, self.model, self.device)
+        self.lockstep = Lockstep(self.model, self.vocab, self.device)
         self._encode_cache: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         if structured_decoding not in STRUCTURED_DECODERS:
@@ -138,12 +116,9 @@ class LocalClient:
         with self._lock, torch.inference_mode(), contextlib.ExitStack() as stack:
             if bar is not None:
                 stack.callback(bar.close)
-            groups: dict[tuple[Any, ...], list[tuple[int, list[int]]]] = defaultdict(list)
-            for i, r in enumerate(requests):
-                if r.response_schema is None:
-                    groups[(r.max_tokens, r.temperature, r.top_p)].append((i, self.prompt_ids(r)))
-            for members in groups.values():
-                self._in_chunks(members, requests, out, self._generate, bar)
+            free = [(i, self.prompt_ids(r)) for i, r in enumerate(requests) if r.response_schema is None]
+            if free:
+                self._in_chunks(free, requests, out, self._generate, bar)
             if structured:
                 self._in_chunks([(i, self.prompt_ids(requests[i])) for i in structured], requests, out,
                                 self.decoder.decode_batch, bar)
@@ -163,28 +138,10 @@ class LocalClient:
                 bar.advance(replies)
 
     def _generate(self, reqs: list[ChatRequest], prompts: list[list[int]]) -> list[ChatResponse]:
-        """One left-padded `generate` call for requests with equal max_tokens/temperature/top_p."""
-        from transformers import LogitsProcessorList
-
-        v = self.vocab
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[v.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        gen = self.model.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=reqs[0].max_tokens,
-            do_sample=False, num_beams=1, repetition_penalty=1.0, use_cache=True,
-            pad_token_id=v.pad_id, eos_token_id=sorted(v.stop_ids),
-            logits_processor=LogitsProcessorList([_RowSampler(v.text_ban, reqs, self.device)]),
-        )
-        results = []
-        for row, prompt in zip(gen[:, width:].tolist(), prompts):
-            end = next((k for k, t in enumerate(row) if t in v.stop_ids), None)
-            content_ids = row if end is None else row[:end]
-            text = self.tokenizer.decode(content_ids, skip_special_tokens=True).strip()
-            results.append(ChatResponse(
-                content=text, finish_reason="length" if end is None else "stop",
-                usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(row) if end is None else end + 1)))
-        return results
+        """Free-text replies of one micro-batch, decoded together by the lockstep loop (`llm.lockstep`)."""
+        rows = [TextRow(r, p, self.vocab, self.device) for r, p in zip(reqs, prompts)]
+        self.lockstep.run(rows)
+        return [r.reply(self.tokenizer) for r in rows]
 
 
 class _FrameDecoder:

@@ -35,11 +35,3 @@ def sampling_seed(req: ChatRequest) -> int:
     for m in req.messages:
         h.update(b"\x00" + m.role.encode() + b"\x00" + m.content.encode())
     return int.from_bytes(h.digest()[:8], "big") >> 1
-
-
-def pinned_row(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
-    """Scores that leave `generate` one choice, the token sampled here from `gen`: a row's own seeded draw,
-    so a reply does not depend on which other requests share its batch."""
-    row = torch.full_like(logits, float("-inf"))
-    row[sample_token(logits, temperature, top_p, gen)] = 0.0
-    return row

@@ -67,18 +67,16 @@ def test_strip_keep_and_budget_exhausted() -> None:
 
 # --- local backend: padded batches of eval.generation.batch_size ----------------------------------------
 
-def test_local_subject_generates_in_left_padded_batches(tiny_model_dir) -> None:
+def test_local_subject_generates_in_batches_of_its_size(tiny_model_dir) -> None:
     client = local_subject(tiny_model_dir, "tiny-eval", "float32", batch_size=3)
     calls: list[tuple[int, int]] = []
-    original = client.model.generate
+    original = client.lockstep.run
 
-    def recording(*args, **kw):
-        ids, mask = kw["input_ids"], kw["attention_mask"]
-        calls.append((ids.shape[0], int((mask[:, 0] == 0).sum())))
-        assert bool((mask[:, -1] == 1).all()), "padding must be on the left"
-        return original(*args, **kw)
+    def recording(rows, *args, **kw):
+        calls.append((len(rows), len({r.prompt_tokens for r in rows})))
+        return original(rows, *args, **kw)
 
-    client.model.generate = recording
+    client.lockstep.run = recording
     try:
         svc = LLMService({})
         settings = GenerationSettings(max_new_tokens=6, temperature=1.0, batch_size=3)
@@ -86,9 +84,9 @@ def test_local_subject_generates_in_left_padded_batches(tiny_model_dir) -> None:
         prompts = ["hi", "a much longer question about bread and flour", "x", "what is tea", "rain?", "a b c d e f"]
         answers = generate(svc, [conversation(p, "be brief") for p in prompts], settings)
     finally:
-        client.model.generate = original
+        client.lockstep.run = original
     assert len(answers) == 6 and [n for n, _ in calls] == [3, 3]
-    assert any(padded for _, padded in calls), "prompts of different lengths share a padded batch"
+    assert any(lengths > 1 for _, lengths in calls), "prompts of different lengths share a batch"
     assert all(a.text or a.failure for a in answers)
     assert svc.usage.totals()["calls"] >= 6
 
