@@ -15,7 +15,8 @@ and the calls' gradients must then be summed; `packed` measured x1.37 over `unpa
 benchmark batches. `unpadded` runs each sequence at its own length, for models whose attention the
 packed path cannot reproduce (`packs` checks). `padded` runs one right-padded batch (on accelerators
 one large launch beats many small ones). `auto` picks `packed` (else `unpadded`) on CPU, `padded`
-elsewhere.
+elsewhere. The packed call also runs the gated MLPs through `fused.fused_mlps`, which keeps half the
+MLP activations for backward.
 
 Shared prefixes: chosen and rejected of a pair start with the same prompt tokens, and under causal
 attention the hidden states of a common prefix do not depend on what follows. So the prefix runs
@@ -32,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 
+from oyster_exp.training.fused import fused_mlps
 from oyster_exp.training.losses import IGNORE, LM_HEAD_CHUNK, linear_token_logps
 
 Layout = Literal["auto", "packed", "unpadded", "padded"]
@@ -292,7 +294,7 @@ def _packed_hidden(decoder: Any, input_ids: torch.Tensor, lengths: list[int], ne
     for i, n in enumerate(lengths):
         if needed[i] and where[i] is None:
             where[i] = torch.arange(*put(input_ids[i, :n], 0, None), device=device)
-    with packed_attention(decoder.config):
+    with packed_attention(decoder.config), fused_mlps(decoder):
         hidden = decoder(input_ids=torch.cat(ids)[None], position_ids=torch.cat(positions)[None], use_cache=False,
                          oyster_segments=tuple(segments)).last_hidden_state[0]
     return hidden, where
