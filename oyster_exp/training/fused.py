@@ -54,9 +54,12 @@ class _GatedMLP(torch.autograd.Function):
 def _fusable(module: torch.nn.Module) -> bool:
     """A gated MLP of plain, bias-free linear layers with plain parameters (not sharded, not adapters)."""
     parts = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
-    return (all(type(p) is torch.nn.Linear and p.bias is None and type(p.weight) is torch.nn.Parameter
-                for p in parts) and isinstance(getattr(module, "act_fn", None), torch.nn.Module)
-            and "forward" not in vars(module))
+    if not all(type(p) is torch.nn.Linear and p.bias is None and type(p.weight) is torch.nn.Parameter
+               for p in parts) or not isinstance(getattr(module, "act_fn", None), torch.nn.Module) \
+            or "forward" in vars(module):
+        return False
+    gate, up, down = (p.weight.shape for p in parts)  # FSDP's flattened parameters leave empty ones here
+    return len(gate) == 2 and gate == up and tuple(down) == (gate[1], gate[0]) and gate.numel() > 0
 
 
 def _fused_forward(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +78,7 @@ def _reproduces(module: torch.nn.Module) -> bool:
             (grad_plain,) = torch.autograd.grad(plain.sum(), x)
             mine = _fused_forward(module, x)
             (grad_mine,) = torch.autograd.grad(mine.sum(), x)
-    except (RuntimeError, TypeError, ValueError):
+    except (RuntimeError, TypeError, ValueError, IndexError):
         return False
     return all(a.shape == b.shape and bool((a - b).abs().max() <= 1e-5 * (b.abs().max() + 1))
                for a, b in ((mine, plain), (grad_mine, grad_plain)))
