@@ -6,29 +6,40 @@ Here the decoder runs once per layout, then only the scored positions (the respo
 response for the chosen NLL; never padding, never the rejected prompt) go through the LM head, in
 chunks, via `losses.linear_token_logps`.
 
-Two layouts for the decoder: `unpadded` runs each sequence at its own length (on CPU time is FLOPs,
-so padding is pure waste, and chosen and rejected of one pair often differ a lot in length);
-`padded` runs one right-padded batch (on accelerators one large launch beats many small ones).
-`auto` picks `unpadded` on CPU and `padded` elsewhere.
+Three layouts for the decoder. `packed` concatenates every sequence into one padding-free row
+(position ids restart per sequence) and runs one decoder call whose attention, registered with
+transformers for that call only, stays inside each sequence. On CPU time is FLOPs, so padding is
+pure waste, and one call matters too: each decoder call's backward writes a full-size gradient for
+every weight matrix (106 MB for SmolLM2), which for a short continuation costs more than its FLOPs,
+and the calls' gradients must then be summed; `packed` measured x1.37 over `unpadded` on the
+benchmark batches. `unpadded` runs each sequence at its own length, for models whose attention the
+packed path cannot reproduce (`packs` checks). `padded` runs one right-padded batch (on accelerators
+one large launch beats many small ones). `auto` picks `packed` (else `unpadded`) on CPU, `padded`
+elsewhere. The packed call also runs the gated MLPs through `fused.fused_mlps`, which keeps half the
+MLP activations for backward.
 
-Shared prefixes (unpadded only): chosen and rejected of a pair start with the same prompt tokens, and
-under causal attention the hidden states of a common prefix do not depend on what follows. So the
-prefix runs once, its keys and values are cached (with their autograd graph), and each side runs only
-its own continuation on top. Exact up to float summation order; it saves the prompt's decoder FLOPs
-once per pair, though at SmolLM2 size on CPU the third decoder call and the cache concatenation eat
-most of that (measured x1.03 with prompts at a quarter of the tokens).
+Shared prefixes: chosen and rejected of a pair start with the same prompt tokens, and under causal
+attention the hidden states of a common prefix do not depend on what follows. So the prefix runs
+once and each side only its own continuation, attending to the prefix: in `packed` the prompt is a
+parent segment of the row, in `unpadded` its keys and values are cached (with their autograd graph)
+and each side continues from them in a call of its own. Exact up to float summation order.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from oyster_exp.training.fused import fused_mlps
 from oyster_exp.training.losses import IGNORE, LM_HEAD_CHUNK, linear_token_logps
 
-Layout = Literal["auto", "unpadded", "padded"]
-LAYOUTS = ("auto", "unpadded", "padded")
+Layout = Literal["auto", "packed", "unpadded", "padded"]
+LAYOUTS = ("auto", "packed", "unpadded", "padded")
+PACKED_ATTENTION = "oyster_packed"
+"""The attention implementation name `packed` registers with transformers for the length of one call."""
 
 
 @dataclass
@@ -92,11 +103,12 @@ def stack_padded(parts: list[torch.Tensor], value: int) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in parts])
 
 
-def resolve_layout(layout: str, device: torch.device) -> str:
+def resolve_layout(layout: str, device: torch.device, packable: bool = False) -> str:
+    """`auto`: `packed` on CPU where the model passes `packs`, `unpadded` on other CPU models, else `padded`."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "auto":
-        return "unpadded" if device.type == "cpu" else "padded"
+        return ("packed" if packable else "unpadded") if device.type == "cpu" else "padded"
     return layout
 
 
@@ -180,17 +192,161 @@ def _unpadded_hidden(decoder: Any, input_ids: torch.Tensor, lengths: list[int], 
     return hidden
 
 
+class PackedUnsupportedError(RuntimeError):
+    """The model's attention needs something the packed layout's per-segment attention does not do."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tokens `start:stop` of the packed row; a continuation also attends to all of its `parent`'s tokens."""
+
+    start: int
+    stop: int
+    parent: tuple[int, int] | None = None
+
+
+def _packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      oyster_segments: tuple[Segment, ...] | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Causal attention within each segment of a packed row (plus its parent's tokens), through SDPA.
+
+    Registered with transformers' `AttentionInterface` and selected only inside `packed_attention`; the
+    linear layers see one (1, tokens, hidden) row, so every weight gradient is one matmul per batch
+    instead of one per sequence, while attention never spans two sequences (no (tokens, tokens) mask).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if oyster_segments is None:
+        raise PackedUnsupportedError("packed attention called without segments")
+    if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None \
+            or kwargs.get("position_bias") is not None:
+        raise PackedUnsupportedError("sliding-window, soft-capped or position-biased attention")
+    outs = []
+    for seg in oyster_segments:
+        q = query[:, :, seg.start:seg.stop]
+        k, v = key[:, :, seg.start:seg.stop], value[:, :, seg.start:seg.stop]
+        mask = None
+        if seg.parent is not None:
+            p0, p1 = seg.parent
+            k = torch.cat([key[:, :, p0:p1], k], dim=2)
+            v = torch.cat([value[:, :, p0:p1], v], dim=2)
+            # query i (at position p + i) sees the whole parent and its own segment up to itself
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(p1 - p0)[None, None]
+        out, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling,
+                                        is_causal=mask is None)
+        outs.append(out)
+    return torch.cat(outs, dim=1), None
+
+
+def _register_packed_attention() -> None:
+    from transformers import AttentionInterface
+
+    if PACKED_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
+
+
+@contextmanager
+def packed_attention(config: Any) -> Iterator[None]:
+    """Within the block, `config`'s models use `_packed_attention` (restored on exit, also on errors)."""
+    _register_packed_attention()
+    saved = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+
+
+def _packed_hidden(decoder: Any, input_ids: torch.Tensor, lengths: list[int], needed: list[bool],
+                   pair_offset: int | None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """All needed sequences in one decoder call over one packed row, without padding.
+
+    Sequences i and i+pair_offset that share a prompt put it in the row once, as a parent segment
+    both continuations attend to. Returns the row's last hidden states (tokens, hidden) and, per
+    sequence, the row index of each of its positions (None for sequences not needed).
+    """
+    ids, positions, segments = [], [], []
+    where: list[torch.Tensor | None] = [None] * len(lengths)
+    size = 0
+
+    def put(tokens: torch.Tensor, first_position: int, parent: tuple[int, int] | None) -> tuple[int, int]:
+        nonlocal size
+        ids.append(tokens)
+        positions.append(torch.arange(first_position, first_position + tokens.numel(), device=tokens.device))
+        segments.append(Segment(size, size + tokens.numel(), parent))
+        size += tokens.numel()
+        return size - tokens.numel(), size
+
+    device = input_ids.device
+    if pair_offset:
+        for i in range(min(pair_offset, len(lengths) - pair_offset)):
+            j = i + pair_offset
+            if not (needed[i] and needed[j]):
+                continue
+            p = min(common_prefix_length(input_ids[i, :lengths[i]], input_ids[j, :lengths[j]]),
+                    lengths[i] - 1, lengths[j] - 1)
+            if p < 1:
+                continue
+            parent = put(input_ids[i, :p], 0, None)
+            for k in (i, j):
+                own = put(input_ids[k, p:lengths[k]], p, parent)
+                where[k] = torch.cat([torch.arange(*parent, device=device), torch.arange(*own, device=device)])
+    for i, n in enumerate(lengths):
+        if needed[i] and where[i] is None:
+            where[i] = torch.arange(*put(input_ids[i, :n], 0, None), device=device)
+    with packed_attention(decoder.config), fused_mlps(decoder):
+        hidden = decoder(input_ids=torch.cat(ids)[None], position_ids=torch.cat(positions)[None], use_cache=False,
+                         oyster_segments=tuple(segments)).last_hidden_state[0]
+    return hidden, where
+
+
+def packs(model: Any) -> bool:
+    """Does the `packed` layout give this model's decoder the hidden states of separate calls?
+
+    Checked numerically on two short sequences sharing a prefix (so a parent segment, a continuation
+    and a lone sequence are all exercised), like `output_head`: an attention our per-segment SDPA does
+    not reproduce (sliding windows, soft-capping, ALiBi-style biases, a model that ignores
+    `position_ids`) fails here and the caller keeps the unpadded layout.
+    """
+    try:
+        decoder = model.get_decoder()
+        device = next(model.parameters()).device
+        ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 11, 12, 0]], device=device)
+        lengths, was_training = [6, 5], model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                row, where = _packed_hidden(decoder, ids, lengths, [True, True], pair_offset=1)
+                ref = [decoder(input_ids=ids[i:i + 1, :n], use_cache=False).last_hidden_state[0]
+                       for i, n in enumerate(lengths)]
+        finally:
+            model.train(was_training)
+    except (PackedUnsupportedError, AttributeError, TypeError, ValueError, NotImplementedError, StopIteration,
+            IndexError, RuntimeError):  # e.g. parameters flattened away by FSDP: not this path
+        return False
+    scale = max(float(r.abs().max()) for r in ref) + 1.0
+    return all(w is not None and bool((row[w] - r).abs().max() <= 1e-4 * scale) for w, r in zip(where, ref))
+
+
 def scored_token_logps(model: Any, head: torch.nn.Linear, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        scored: torch.Tensor, response: torch.Tensor, layout: str = "auto",
-                       chunk: int = LM_HEAD_CHUNK, pair_offset: int | None = None) -> ScoredTokens:
+                       chunk: int = LM_HEAD_CHUNK, pair_offset: int | None = None,
+                       packable: bool = False) -> ScoredTokens:
     """Log-probs of every position where `scored != -100` (next-token, causally shifted).
 
     `input_ids`, `attention_mask`, `scored` and `response` are right-padded (sequences, width);
     `scored` holds the labels the loss needs (e.g. prompt and response for the chosen NLL),
     `response` the response labels (a subset of `scored`'s positions), which decide `ScoredTokens.response`.
     `pair_offset=n` says sequences i and i+n (chosen and rejected) may share a prefix worth running once.
+    `packable` (the model passed `packs`) lets `auto` pick the packed layout on CPU. Not under activation
+    checkpointing: backward replays each layer after the packed attention is switched off again.
     """
-    layout = resolve_layout(layout, input_ids.device)
+    decoder = model.get_decoder()
+    replayed = checkpointed(decoder)
+    if layout == "packed" and replayed:
+        raise ValueError("the packed layout cannot run under activation checkpointing (its backward replays "
+                         "the layers without the packed attention); use layout auto or unpadded")
+    layout = resolve_layout(layout, input_ids.device, packable and not replayed)
     lengths = attention_mask.sum(-1)
     width = max(int(lengths.max()) if lengths.numel() else 0, 1)
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
@@ -198,10 +354,19 @@ def scored_token_logps(model: Any, head: torch.nn.Linear, input_ids: torch.Tenso
         raise ValueError("attention_mask must be right-padded (ones, then zeros) in every row")
     input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
     target_mask = scored[:, 1:width] != IGNORE
-    decoder = model.get_decoder()
     if layout == "padded":
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         rows = hidden[:, :-1][target_mask]
+    elif layout == "packed":
+        sizes = lengths.tolist()
+        needed = [n >= 2 and bool(target_mask[i, :n - 1].any()) for i, n in enumerate(sizes)]
+        if any(needed):
+            row, where = _packed_hidden(decoder, input_ids, sizes, needed, pair_offset)
+            index = torch.cat([w[:n - 1][target_mask[i, :n - 1]] for i, (w, n) in enumerate(zip(where, sizes))
+                               if w is not None])
+            rows = row.index_select(0, index)
+        else:
+            rows = head.weight.new_zeros(0, head.weight.shape[1])
     else:
         sizes = lengths.tolist()
         needed = [n >= 2 and bool(target_mask[i, :n - 1].any()) for i, n in enumerate(sizes)]

@@ -105,14 +105,20 @@ class _LinearTokenLogps(torch.autograd.Function):
             for start in range(0, hidden.shape[0], ctx.chunk):
                 stop = start + ctx.chunk
                 h, g = hidden[start:stop].to(compute), grad_out[start:stop].to(acc)
-                # d logp[target] / d logits = onehot(target) - softmax(logits), from forward's own logits
-                grad_logits = torch.exp((h @ w.T).to(acc) - lse[start:stop, None]).mul_(-g[:, None])
+                # d logp[target] / d logits = onehot(target) - softmax(logits), from forward's own logits;
+                # in place on the one (rows, vocab) buffer: each out-of-place step would be another one
+                grad_logits = (h @ w.T).to(acc).sub_(lse[start:stop, None]).exp_().mul_(-g[:, None])
                 grad_logits.scatter_add_(-1, targets[start:stop, None], g[:, None])
                 grad_logits = grad_logits.to(compute)
-                if grad_hidden is not None:
+                if grad_hidden is not None and grad_hidden.dtype == compute:
+                    torch.mm(grad_logits, w, out=grad_hidden[start:stop])
+                elif grad_hidden is not None:
                     grad_hidden[start:stop] = grad_logits @ w
                 if grad_weight is not None:
-                    grad_weight += (grad_logits.T @ h).to(acc)
+                    if compute == acc:  # accumulate in place: no (vocab, hidden) temporary per chunk
+                        grad_weight.addmm_(grad_logits.T, h)
+                    else:
+                        grad_weight += (grad_logits.T @ h).to(acc)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None

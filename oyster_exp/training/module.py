@@ -1,7 +1,7 @@
 """The LightningModule: ORPO or SFT on preference pairs, with TRL-compatible metric names.
 
-Chosen and rejected share one call into `forward.scored_token_logps`: unpadded sequences on CPU,
-one padded pass on accelerators, and only scored tokens through a chunked LM head, never the full
+Chosen and rejected share one call into `forward.scored_token_logps`: one packed, padding-free row on
+CPU, one padded pass on accelerators, and only scored tokens through a chunked LM head, never the full
 (batch, length, vocab) logits. Metrics are logged as `train/<name>` per step and `val/<name>` per
 epoch, so a W&B dashboard can put our runs next to TRL's (`rewards/margins`, `log_odds_ratio`, ...).
 """
@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from oyster_exp.training.card import CardMeta, model_card
-from oyster_exp.training.forward import output_head, scored_token_logps, stack_padded
+from oyster_exp.training.forward import output_head, packs, scored_token_logps, stack_padded
 from oyster_exp.training.losses import IGNORE, sequence_logps, token_nll
 from oyster_exp.training.model_setup import LoraSettings, export_pretrained, load_causal_lm, rebuilt_from_state
 from oyster_exp.training.objectives import ORPOLoss, TrainingLoss
@@ -72,20 +72,26 @@ class PreferenceModule(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     forward_layout: str = "auto"
-    """Decoder layout for the scored-token path: `unpadded` (each sequence at its own length, the CPU
-    choice), `padded` (one right-padded batch, the accelerator choice) or `auto` (by device)."""
+    """Decoder layout for the scored-token path: `packed` (all sequences in one padding-free row, the CPU
+    choice where `forward.packs` holds), `unpadded` (one call per sequence, the CPU fallback), `padded`
+    (one right-padded batch, the accelerator choice) or `auto` (by device and model)."""
 
     share_prompt_forward: bool = True
-    """Unpadded layout: run the prompt chosen and rejected share once (see `forward`); False runs each
-    sequence whole, the reference the shared path is tested against."""
+    """Packed and unpadded layouts: run the prompt chosen and rejected share once (see `forward`); False
+    runs each sequence whole, the reference the shared path is tested against."""
 
     def scoring_head(self, recheck: bool = False) -> torch.nn.Linear | None:
         """The LM head for the chunked path, checked once per model (None: use full logits). `recheck`
         forgets the last check, e.g. after a forward hook changed what the model does with its logits."""
+        return self._checked(recheck)[1]
+
+    def _checked(self, recheck: bool = False) -> tuple[Any, torch.nn.Linear | None, bool]:
+        """(model, `forward.output_head`, `forward.packs`), checked once per model object."""
         cached = None if recheck else getattr(self, "_head_cache", None)  # a tuple: nn.Module does not register it
         if cached is None or cached[0] is not self.model:
-            self._head_cache = cached = (self.model, output_head(self.model))
-        return cached[1]
+            head = output_head(self.model)
+            self._head_cache = cached = (self.model, head, head is not None and packs(self.model))
+        return cached
 
     def _sides(self, batch: dict[str, Any], field: str, pad: int) -> torch.Tensor:
         """`field` of every side the loss scores, stacked chosen first (padded to one width)."""
@@ -112,7 +118,8 @@ class PreferenceModule(L.LightningModule):
             self.model, head, self._sides(batch, "input_ids", IGNORE_PAD_ID), self._sides(batch, "attention_mask", 0),
             scored[0] if len(scored) == 1 else stack_padded(scored, IGNORE), self._sides(batch, "labels", IGNORE),
             layout=self.forward_layout,
-            pair_offset=n if self.share_prompt_forward and self.loss.uses_rejected else None)
+            pair_offset=n if self.share_prompt_forward and self.loss.uses_rejected else None,
+            packable=self._checked()[2])
         chosen, rejected = self._split(tokens.response_mean(), n)
         return self.loss(chosen, rejected, tokens.nll(n, response_only=False))
 

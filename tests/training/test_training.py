@@ -264,6 +264,9 @@ def test_gradient_checkpointing_gives_the_same_loss(tiny_model_dir: Path, tokeni
     b.backward()
     assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-6)
     assert all(p.grad is not None for p in checkpointed.model.parameters() if p.requires_grad)
+    checkpointed.forward_layout = "packed"   # its backward would replay the layers with plain attention
+    with pytest.raises(ValueError, match="activation checkpointing"):
+        checkpointed.compute(batch)
 
 
 # ---------------------------------------------------------------- parity with TRL's ORPOTrainer
@@ -396,7 +399,9 @@ def test_scored_token_path_equals_the_full_logits_path(tiny_model_dir: Path, tok
     assert module.scoring_head() is module.model.lm_head
     assert set(module.state_dict()) == {f"model.{k}" for k in module.model.state_dict()}  # the cache adds no weights
     ref_loss, ref_metrics, ref_grads = _loss_metrics_grads(module, module.compute_from_logits, batch)
-    for layout, share in (("unpadded", True), ("unpadded", False), ("padded", False)):
+    assert module._checked()[2]                          # the tiny Qwen2 packs, so `auto` is `packed` on CPU
+    for layout, share in (("auto", True), ("packed", False), ("unpadded", True), ("unpadded", False),
+                          ("padded", False)):
         module.forward_layout, module.share_prompt_forward = layout, share
         loss, metrics, grads = _loss_metrics_grads(module, module.compute, batch)
         assert loss == pytest.approx(ref_loss, rel=1e-5), layout
@@ -480,6 +485,52 @@ def test_chosen_and_rejected_run_their_shared_prompt_once(tiny_model_dir: Path, 
     assert common_prefix_length(torch.tensor([5, 2]), torch.tensor([1, 2])) == 0
 
 
+def test_packed_layout_runs_the_batch_in_one_call_with_each_prompt_once(tiny_model_dir: Path,
+                                                                         tokenizer: Any) -> None:
+    """One decoder call per batch over exactly the tokens the batch owns (each pair's prompt once), and
+    the model's attention implementation is back to what it was afterwards."""
+    from oyster_exp.training.forward import common_prefix_length
+
+    module = PreferenceModule(str(tiny_model_dir), loss=ORPOLoss())
+    batch = _uneven_batch(tokenizer)
+    lengths = [int(m.sum()) for m in (*batch["chosen_attention_mask"], *batch["rejected_attention_mask"])]
+    prefixes = [min(common_prefix_length(batch["chosen_input_ids"][i, :lengths[i]],
+                                         batch["rejected_input_ids"][i, :lengths[3 + i]]),
+                    lengths[i] - 1, lengths[3 + i] - 1) for i in range(3)]
+    assert module.scoring_head() is not None
+    before = module.model.config._attn_implementation
+    seen: list[tuple[int, ...]] = []
+    hook = module.model.get_decoder().register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    module.forward_layout = "packed"
+    for share, tokens in ((True, sum(lengths) - sum(prefixes)), (False, sum(lengths))):
+        seen.clear()
+        module.share_prompt_forward = share
+        module.compute(batch)
+        assert seen == [(1, tokens)], (share, seen)
+    hook.remove()
+    assert module.model.config._attn_implementation == before
+
+
+def test_packs_refuses_sliding_window_attention(tmp_path: Path) -> None:
+    """A decoder whose layers use sliding windows cannot be packed with plain per-segment SDPA: the check
+    says so and `auto` keeps the unpadded layout, whose loss still equals the full-logits one."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from oyster_exp.training.forward import packs, resolve_layout
+
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=2,
+                         layer_types=["sliding_attention"], tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    assert not packs(model)
+    assert model.config._attn_implementation != "oyster_packed"   # restored after the refused call
+    assert resolve_layout("auto", torch.device("cpu"), packable=False) == "unpadded"
+    config.layer_types, config.use_sliding_window = ["full_attention"], False
+    assert packs(Qwen2ForCausalLM(config))
+
+
 def test_a_head_that_is_not_a_plain_linear_falls_back_to_full_logits(tiny_model_dir: Path, tokenizer: Any) -> None:
     module = PreferenceModule(str(tiny_model_dir))
     old = module.model.lm_head
@@ -507,7 +558,7 @@ def test_scored_token_logps_rejects_left_padding(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="right-padded"):
         scored_token_logps(module.model, module.model.lm_head, ids, torch.tensor([[0, 1, 1, 1]]), ids, ids)
     with pytest.raises(ValueError, match="layout"):
-        scored_token_logps(module.model, module.model.lm_head, ids, torch.ones_like(ids), ids, ids, layout="packed")
+        scored_token_logps(module.model, module.model.lm_head, ids, torch.ones_like(ids), ids, ids, layout="ragged")
 
 
 # ---------------------------------------------------------------- the throughput benchmark runs end to end
