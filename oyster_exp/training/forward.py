@@ -163,6 +163,17 @@ def checkpointed(decoder: Any) -> bool:
                for m in decoder.modules())
 
 
+def _pair_prefixes(input_ids: torch.Tensor, lengths: list[int], needed: list[bool],
+                   pair_offset: int) -> Iterator[tuple[int, int, int]]:
+    """(i, j, p) for each pair of needed sequences i and j = i + pair_offset (a chosen and its rejected): p is
+    their common prefix, cut so that each side keeps at least one token of its own (never a pure cache read)."""
+    for i in range(min(pair_offset, len(lengths) - pair_offset)):
+        j = i + pair_offset
+        if needed[i] and needed[j]:
+            yield i, j, min(common_prefix_length(input_ids[i, :lengths[i]], input_ids[j, :lengths[j]]),
+                            lengths[i] - 1, lengths[j] - 1)
+
+
 def _unpadded_hidden(decoder: Any, input_ids: torch.Tensor, lengths: list[int], needed: list[bool],
                      pair_offset: int | None) -> dict[int, torch.Tensor]:
     """Last hidden states per needed sequence, each run at its own length; sequence i and i+pair_offset
@@ -171,13 +182,7 @@ def _unpadded_hidden(decoder: Any, input_ids: torch.Tensor, lengths: list[int], 
     if pair_offset and checkpointed(decoder):
         pair_offset = None  # checkpointed layers drop the cache (a replayed write would double it)
     if pair_offset:
-        for i in range(min(pair_offset, len(lengths) - pair_offset)):
-            j = i + pair_offset
-            if not (needed[i] and needed[j]):
-                continue
-            # each side keeps at least one token of its own, so neither is a pure cache read
-            p = min(common_prefix_length(input_ids[i, :lengths[i]], input_ids[j, :lengths[j]]),
-                    lengths[i] - 1, lengths[j] - 1)
+        for i, j, p in _pair_prefixes(input_ids, lengths, needed, pair_offset):
             if p < MIN_SHARED_PREFIX:
                 continue
             prefix = _prefix_states(decoder, input_ids[i, :p])
@@ -279,12 +284,7 @@ def _packed_hidden(decoder: Any, input_ids: torch.Tensor, lengths: list[int], ne
 
     device = input_ids.device
     if pair_offset:
-        for i in range(min(pair_offset, len(lengths) - pair_offset)):
-            j = i + pair_offset
-            if not (needed[i] and needed[j]):
-                continue
-            p = min(common_prefix_length(input_ids[i, :lengths[i]], input_ids[j, :lengths[j]]),
-                    lengths[i] - 1, lengths[j] - 1)
+        for i, j, p in _pair_prefixes(input_ids, lengths, needed, pair_offset):
             if p < 1:
                 continue
             parent = put(input_ids[i, :p], 0, None)
