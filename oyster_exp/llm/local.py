@@ -12,8 +12,8 @@ Structured output (`response_schema` set) goes to the client's structured decode
 - `grammar` (default): `grammar_decoding.GrammarDecoder`, llguidance token masks over a whole micro-batch
   decoded in lockstep, forced ids fed in multi-token forwards, for any JSON schema;
 - `frame`: `constrained_decoding.ConstrainedDecoder`, the per-request decoder that feeds the fixed JSON frame
-  of a flat schema and generates only the values. Kept as the measured baseline and for comparison; slower on
-  every shape measured (`benchmarks/local_generation.py`).
+  of a flat schema and generates only the values. Kept as the measured baseline: on the judges' schemas it
+  reaches 0.29x the grammar decoder's calls/s on 2 CPU cores (`benchmarks/local_generation.py`).
 
 The decoder's name is part of the client's `cache_backend`, so the call cache never serves one decoder's
 reply to the other.
