@@ -162,6 +162,7 @@ class _BatchedGrammarDecoder(GrammarDecoder):
 
     def __init__(self, client: LocalClient):
         super().__init__(client.model, client.tokenizer, client.vocab, client.device)
+        self.lockstep = client.lockstep     # one loop per client: free text and JSON share it
 
     def check(self, schema: dict[str, Any] | None) -> None:
         self.grammar(schema or {})
